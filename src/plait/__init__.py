@@ -1,0 +1,83 @@
+"""plait: a structured-concurrency workflow engine for agent and tool calls.
+
+Workflows are plain data (:class:`Call`, :class:`Sequential`,
+:class:`Parallel`, :class:`MapReduce`); an :class:`Engine` runs them on
+asyncio, uvloop or Trio with every tool call bounded by concurrency limits,
+rate limits, timeouts and retries, and every task owned by a task group.
+"""
+
+from __future__ import annotations
+
+from ._core._bridge import check_cancelled
+from ._core._engine import Engine
+from ._core._errors import (
+    ConfigError,
+    ExpressionError,
+    PlaitError,
+    StepFailed,
+    StepTimeout,
+    ToolTimeout,
+    UnknownTool,
+    WorkflowError,
+)
+from ._core._events import Event, EventBus, EventKind, Subscription
+from ._core._expr import Fn, Lit, Var
+from ._core._limits import Limiter, LimiterRegistry
+from ._core._middleware import KeyedLimit, KeyedRateLimit, Middleware, Next, ToolCall
+from ._core._ratelimit import RateLimit
+from ._core._results import Failure, RunResult
+from ._core._retry import Retry
+from ._core._run import run
+from ._core._stats import RunStats, ToolStats
+from ._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from ._core._tools import Tool, tool
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    # steps and expressions
+    "Call",
+    "Sequential",
+    "Parallel",
+    "MapReduce",
+    "Workflow",
+    "Step",
+    "Var",
+    "Lit",
+    "Fn",
+    # running
+    "Engine",
+    "run",
+    "RunResult",
+    "RunStats",
+    "ToolStats",
+    "Failure",
+    # tools and policies
+    "Tool",
+    "tool",
+    "Retry",
+    "RateLimit",
+    "Limiter",
+    "LimiterRegistry",
+    "check_cancelled",
+    # middleware
+    "Middleware",
+    "Next",
+    "ToolCall",
+    "KeyedRateLimit",
+    "KeyedLimit",
+    # events
+    "Event",
+    "EventBus",
+    "EventKind",
+    "Subscription",
+    # errors
+    "PlaitError",
+    "WorkflowError",
+    "UnknownTool",
+    "ConfigError",
+    "ExpressionError",
+    "ToolTimeout",
+    "StepTimeout",
+    "StepFailed",
+]

@@ -1,0 +1,1 @@
+"""plait's private implementation; import from :mod:`plait` instead."""

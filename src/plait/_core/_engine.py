@@ -1,0 +1,358 @@
+"""The engine: registered tools and functions, limits, and the entry points."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import anyio
+
+from ._errors import ConfigError, StepFailed, StepTimeout, UnknownTool, WorkflowError
+from ._events import EventBus, Subscriber, Subscription
+from ._expr import did_you_mean
+from ._groups import collapse
+from ._interpret import Compiler, to_failure
+from ._limits import Limiter, LimiterRegistry
+from ._middleware import Middleware
+from ._paths import index
+from ._pipeline import RunContext, ToolRuntime, build_invoker
+from ._ratelimit import RateLimit, TokenBucket
+from ._results import RunResult
+from ._stats import RunStats
+from ._steps import Call, Step, Workflow
+from ._tools import Tool
+
+__all__ = ["Engine"]
+
+ToolSpec = Tool | Callable[..., Any]
+FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(value: object, what: str) -> float | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{what} must be a number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+class Engine:
+    """Runs workflows: owns the tools, the functions and the limits.
+
+    Args:
+        tools: tools (or plain functions, made tools with default options)
+            that workflows call by name. Two tools with one name are an error.
+        functions: pure functions for ``Fn(...)`` and ``MapReduce.reduce``:
+            callables (registered under ``__name__``), ``(name, callable)``
+            pairs, or a mapping of names to callables.
+        max_concurrency: tool calls in flight at once across the engine, and
+            the default width of a ``MapReduce``.
+        rate_limit: a :class:`plait.RateLimit` on every tool call of the
+            engine.
+        middleware: wrappers around every attempt of every tool call (see
+            :class:`plait.Middleware`).
+        limiters: a :class:`plait.LimiterRegistry` holding the per-tool
+            concurrency limits (key ``tool:<name>``), to share them with
+            other engines, threads or event loops. By default the engine
+            keeps its own.
+
+    An engine may run several workflows at once, from one event loop; they
+    share its limits. It works on asyncio, uvloop and Trio, inside the
+    caller's own task groups.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[ToolSpec] = (),
+        functions: Iterable[FunctionSpec] | Mapping[str, Callable[..., Any]] = (),
+        max_concurrency: int = 100,
+        rate_limit: RateLimit | None = None,
+        middleware: Sequence[Middleware] = (),
+        limiters: LimiterRegistry | None = None,
+    ) -> None:
+        self.max_concurrency = _check_positive_int(max_concurrency, "Engine.max_concurrency")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ConfigError(
+                f"Engine.rate_limit must be a plait.RateLimit or None, got {rate_limit!r}"
+            )
+        if limiters is not None and not isinstance(limiters, LimiterRegistry):
+            raise ConfigError(
+                f"Engine.limiters must be a plait.LimiterRegistry or None, got {limiters!r}"
+            )
+        for mw in middleware:
+            if not callable(mw):
+                raise ConfigError(f"Engine.middleware items must be callable, got {mw!r}")
+        self.rate_limit = rate_limit
+        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        self.limiters = limiters
+        self.events = EventBus()
+        self._limiter = Limiter(max_concurrency, "engine")
+        self._bucket = TokenBucket(rate_limit) if rate_limit is not None else None
+        self._tools: dict[str, ToolRuntime] = {}
+        self._adhoc: dict[str, ToolRuntime] = {}
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self.abandoned_threads = 0
+        for t in tools:
+            self.register(t)
+        items = functions.items() if isinstance(functions, Mapping) else functions
+        for f in items:
+            self.register_function(f)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine tools={sorted(self._tools)} max_concurrency={self.max_concurrency}>"
+        )
+
+    # -- registration --------------------------------------------------------
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """The registered tools by name."""
+        return {name: rt.tool for name, rt in self._tools.items()}
+
+    @property
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """The registered functions by name."""
+        return dict(self._functions)
+
+    def register(self, tool: ToolSpec) -> Tool:
+        """Register a tool (or a function, made a tool); return the tool."""
+        if not isinstance(tool, Tool) and not callable(tool):
+            raise ConfigError(f"tools must be plait.Tool objects or functions, got {tool!r}")
+        t = Tool.of(tool)
+        if t.name in self._tools:
+            raise ConfigError(
+                f"tool name {t.name!r} is registered twice; give one of them another "
+                "name with @plait.tool(name=...)"
+            )
+        self._tools[t.name] = self._runtime(t)
+        return t
+
+    def register_function(self, fn: FunctionSpec) -> None:
+        """Register a pure function for ``Fn`` and ``MapReduce.reduce``."""
+        if isinstance(fn, tuple) and len(fn) == 2 and isinstance(fn[0], str):
+            name, f = fn
+        else:
+            name, f = getattr(fn, "__name__", None), fn  # type: ignore[assignment]
+        if not isinstance(name, str) or not name or not callable(f):
+            raise ConfigError(
+                "functions must be callables with a __name__, (name, callable) pairs "
+                f"or a mapping of names to callables, got {fn!r}"
+            )
+        if name in self._functions:
+            raise ConfigError(f"function name {name!r} is registered twice")
+        self._functions[name] = f
+
+    def _runtime(self, tool: Tool) -> ToolRuntime:
+        limiter: Limiter | None = None
+        if self.limiters is not None:
+            limiter = self.limiters.limiter(f"tool:{tool.name}")
+            if tool.concurrency_limit is not None:
+                limiter.total = tool.concurrency_limit
+        elif tool.concurrency_limit is not None:
+            limiter = Limiter(tool.concurrency_limit, f"tool:{tool.name}")
+        bucket = TokenBucket(tool.rate_limit) if tool.rate_limit is not None else None
+        return ToolRuntime(tool, limiter, bucket)
+
+    def _lookup(self, target: str | Tool, path: str) -> ToolRuntime:
+        if isinstance(target, str):
+            try:
+                return self._tools[target]
+            except KeyError:
+                known = ", ".join(sorted(self._tools)) or "none"
+                raise UnknownTool(
+                    f"unknown tool {target!r}{did_you_mean(target, self._tools)}; "
+                    f"registered tools: {known}",
+                    path,
+                ) from None
+        registered = self._tools.get(target.name)
+        if registered is not None:
+            if registered.tool == target:
+                return registered
+            raise WorkflowError(
+                f"tool {target.name!r} in this step is not the tool registered under "
+                "that name; rename one of them",
+                path,
+            )
+        rt = self._adhoc.get(target.name)
+        if rt is None or rt.tool != target:
+            rt = self._adhoc[target.name] = self._runtime(target)
+        return rt
+
+    # -- events --------------------------------------------------------------
+    def subscribe(self, fn: Subscriber) -> Subscription:
+        """Call ``fn(event)`` for every :class:`plait.Event`; see :class:`EventBus`."""
+        return self.events.subscribe(fn)
+
+    # -- running -------------------------------------------------------------
+    def _new_run(self) -> RunContext:
+        return RunContext(
+            events=self.events,
+            engine_limiter=self._limiter,
+            engine_bucket=self._bucket,
+            middleware=self.middleware,
+            thread_limiter=anyio.CapacityLimiter(math.inf),
+        )
+
+    def _stats(self, run: RunContext, started: float) -> RunStats:
+        self.abandoned_threads += run.abandoned_threads
+        return RunStats(
+            tools={name: c.snapshot() for name, c in run.counters.items()},
+            duration=time.perf_counter() - started,
+        )
+
+    async def execute(
+        self,
+        workflow: Workflow | Step,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> RunResult:
+        """Run ``workflow`` and return its output, failures and statistics.
+
+        Args:
+            workflow: a :class:`plait.Workflow` or a bare step.
+            inputs: the run's variables, read with ``Var("name")``.
+            deadline: seconds from now for the whole run; past it every step
+                is cancelled and :class:`plait.StepTimeout` raised.
+
+        Raises:
+            WorkflowError: the workflow refers to unknown tools, functions or
+                variables, or the inputs do not match ``Workflow.inputs``;
+                raised before any tool runs.
+            StepFailed: a step failed in raise mode (an ``ExceptionGroup`` of
+                them when several failed at once).
+            StepTimeout: a step timeout or the deadline expired.
+        """
+        step, scope = self._prepare(workflow, inputs)
+        deadline = _check_seconds(deadline, "deadline")
+        run = self._new_run()
+        root = Compiler(run, self._call_lookup, self._functions, self.max_concurrency).compile(
+            step, "", frozenset(scope)
+        )
+        started = time.perf_counter()
+        if deadline is None:
+            output = await root(scope, ())
+        else:
+            with anyio.CancelScope(deadline=anyio.current_time() + deadline):
+                output = await root(scope, ())
+                return RunResult(output, tuple(run.failures), self._stats(run, started))
+            raise StepTimeout("", deadline)
+        return RunResult(output, tuple(run.failures), self._stats(run, started))
+
+    async def run(
+        self,
+        workflow: Workflow | Step,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run ``workflow`` and return its output; see :meth:`execute`."""
+        result = await self.execute(workflow, inputs, deadline=deadline)
+        return result.output
+
+    def _call_lookup(self, call: Call, path: str) -> ToolRuntime:
+        return self._lookup(call.target, path)
+
+    def _prepare(
+        self, workflow: Workflow | Step, inputs: Mapping[str, Any] | None
+    ) -> tuple[Step, dict[str, Any]]:
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+            raise WorkflowError(f"inputs must be a dict with str keys, got {inputs!r}", "inputs")
+        if isinstance(workflow, Workflow):
+            step = workflow.step
+            if workflow.inputs:
+                missing = [n for n in workflow.inputs if n not in inputs]
+                extra = sorted(set(inputs) - set(workflow.inputs))
+                if missing:
+                    raise WorkflowError(
+                        f"missing input {missing[0]!r}; the workflow needs "
+                        f"{', '.join(workflow.inputs)}",
+                        "inputs",
+                    )
+                if extra:
+                    raise WorkflowError(
+                        f"unexpected input {extra[0]!r}"
+                        f"{did_you_mean(extra[0], workflow.inputs)}; the workflow takes "
+                        f"{', '.join(workflow.inputs)}",
+                        "inputs",
+                    )
+        elif isinstance(workflow, Step):
+            step = workflow
+        else:
+            raise WorkflowError(
+                f"expected a plait.Workflow or a step, got {type(workflow).__name__}"
+            )
+        return step, dict(inputs)
+
+    async def call_tools(
+        self,
+        calls: Iterable[tuple[str | Tool, Mapping[str, Any]]],
+        parallel: bool = True,
+        *,
+        on_error: Literal["raise", "collect"] = "raise",
+    ) -> list[Any]:
+        """Run one agent's batch of tool calls; the results come back in order.
+
+        Args:
+            calls: ``(tool name or Tool, kwargs)`` pairs, as an LLM response
+                with several tool calls gives them.
+            parallel: run them at once (each still under its limits), or one
+                after another.
+            on_error: ``"raise"``: the first failure cancels the others and
+                raises :class:`plait.StepFailed` with path ``calls[i]``;
+                ``"collect"``: failed calls become :class:`plait.Failure`.
+        """
+        if on_error not in ("raise", "collect"):
+            raise ConfigError(f'on_error must be "raise" or "collect", got {on_error!r}')
+        run = self._new_run()
+        prepared = []
+        for i, pair in enumerate(calls):
+            path = index("calls", i)
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise WorkflowError(
+                    f"each call must be a (tool, kwargs) pair, got {pair!r}", path
+                )
+            target, kwargs = pair
+            if not isinstance(kwargs, Mapping):
+                raise WorkflowError(f"kwargs must be a dict, got {kwargs!r}", path)
+            rt = self._lookup(target if isinstance(target, str) else Tool.of(target), path)
+            invoker = build_invoker(rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry)
+            prepared.append((invoker, dict(kwargs), path))
+        results: list[Any] = [None] * len(prepared)
+        collect = on_error == "collect"
+
+        async def one(i: int) -> None:
+            invoker, kwargs, path = prepared[i]
+            try:
+                results[i] = await invoker((), kwargs, path, ())
+            except Exception as error:
+                if not collect:
+                    raise StepFailed(path, error) from error
+                results[i] = to_failure(error, path)
+
+        if not parallel or len(prepared) <= 1:
+            for i in range(len(prepared)):
+                await one(i)
+            return results
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(len(prepared)):
+                    tg.start_soon(one, i)
+        except BaseExceptionGroup as group:
+            raise collapse(group) from None
+        return results

@@ -1,0 +1,113 @@
+"""Every exception plait raises, under one base class.
+
+Paths in messages use the format described in :mod:`plait._core._paths`
+(``steps[1].map[17]``); the root step's path is the empty string, shown as
+``<root>``.
+"""
+
+from __future__ import annotations
+
+from ._paths import show_path
+
+__all__ = [
+    "ConfigError",
+    "ExpressionError",
+    "PlaitError",
+    "StepFailed",
+    "StepTimeout",
+    "ToolTimeout",
+    "UnknownTool",
+    "WorkflowError",
+]
+
+
+class PlaitError(Exception):
+    """Base class of every error plait raises itself."""
+
+
+class WorkflowError(PlaitError, ValueError):
+    """A workflow definition is invalid.
+
+    Raised when a step is built, when a workflow is checked against an engine
+    (unknown tools, functions or variables) and when inputs are missing, always
+    before any tool runs.
+
+    Attributes:
+        path: where the problem is, e.g. ``steps[2].over`` or, for an error
+            found while a step object is being built, the field name
+            (``max_concurrency``).
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.message} (at {show_path(self.path)})"
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.message, self.path))
+
+
+class UnknownTool(WorkflowError):
+    """A step names a tool that the engine does not know."""
+
+
+class ConfigError(PlaitError, ValueError):
+    """An engine, tool or limit was configured with an invalid value."""
+
+
+class ExpressionError(PlaitError, LookupError):
+    """An expression could not be evaluated against the data of a run.
+
+    Raised at run time, for example when ``Var("user.email")`` meets a value
+    without an ``email`` key or attribute.
+    """
+
+
+class ToolTimeout(PlaitError, TimeoutError):
+    """One attempt of a tool call ran past its timeout."""
+
+    def __init__(self, tool: str, timeout: float) -> None:
+        super().__init__(f"tool {tool!r} timed out after {timeout:g}s")
+        self.tool = tool
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.tool, self.timeout))
+
+
+class StepTimeout(PlaitError, TimeoutError):
+    """A step's ``timeout=`` or the run's ``deadline=`` expired."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        what = "the run's deadline" if not path else "step timeout"
+        super().__init__(f"{what} of {timeout:g}s expired at {show_path(path)}")
+        self.path = path
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.timeout))
+
+
+class StepFailed(PlaitError):
+    """A step raised; the original exception is ``__cause__`` (and ``.error``).
+
+    Attributes:
+        path: the path of the step that failed (the innermost one).
+        error: the original exception, the same object as ``__cause__``.
+    """
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        super().__init__(
+            f"step {show_path(path)} failed: {type(error).__name__}: {error}"
+        )
+        self.path = path
+        self.error = error
+        self.__cause__ = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.error))

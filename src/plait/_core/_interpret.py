@@ -1,0 +1,483 @@
+"""The interpreter: compiles a step tree into nested async closures and runs it.
+
+Compiling first means every tool, function and variable name is checked
+before any tool runs, and that the per-element work of a ``MapReduce`` is a
+few closure calls: no tree walk, no string formatting, no per-item
+allocation beyond the element's scope.
+
+A node is ``async (scope, loc) -> value``: ``scope`` is the dict of
+variables visible to the step, ``loc`` the indexes of the map elements the
+step runs under (they fill the ``{}`` slots of the node's path template, see
+:mod:`plait._core._paths`). Task-group rules: each ``Parallel`` and
+``MapReduce`` run owns exactly one task group, and every task it starts ends
+before the step returns or raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._errors import StepFailed, StepTimeout, UnknownTool, WorkflowError
+from ._events import EventKind
+from ._expr import Evaluator, compile_expr, did_you_mean
+from ._groups import collapse
+from ._paths import child, fill, index, key
+from ._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
+from ._results import Failure
+from ._steps import Call, MapReduce, Parallel, Sequential, Step
+
+__all__ = ["Compiler", "Node", "to_failure"]
+
+Scope = dict[str, Any]
+Node = Callable[[Scope, tuple[int, ...]], Awaitable[Any]]
+ToolLookup = Callable[[Call, str], ToolRuntime]
+
+# How many elements past the next one to fold an ordered reduce may pull,
+# as a multiple of the map's concurrency.
+WINDOW_FACTOR = 2
+# A map worker yields to the event loop at least once per this many elements,
+# even when its tool never does.
+CHECKPOINT_EVERY = 64
+
+
+def to_failure(error: BaseException, path: str) -> Failure:
+    """The :class:`Failure` for ``error`` raised by the step at ``path``."""
+    if isinstance(error, StepFailed):
+        return Failure(error.error, error.path)
+    if isinstance(error, StepTimeout):
+        return Failure(error, error.path)
+    if isinstance(error, BaseExceptionGroup):
+        inner = [to_failure(e, path).error for e in error.exceptions]
+        return Failure(ExceptionGroup(str(error.message), inner), path)  # type: ignore[type-var]
+    return Failure(error, path)
+
+
+class Compiler:
+    """Compiles steps for one run of one engine."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        tools: ToolLookup,
+        functions: Mapping[str, Callable[..., Any]],
+        max_concurrency: int,
+    ) -> None:
+        self.run = run
+        self.tools = tools
+        self.functions = functions
+        self.max_concurrency = max_concurrency
+        self._invokers: dict[tuple[int, float | None, Any], Invoker] = {}
+
+    # -- entry ---------------------------------------------------------------
+    def compile(self, step: Step, template: str, env: frozenset[str]) -> Node:
+        """Check ``step`` and compile it; ``template`` is its path template."""
+        if isinstance(step, Call):
+            node = self._call(step, template, env)
+        elif isinstance(step, Sequential):
+            node = self._sequential(step, template, env)
+        elif isinstance(step, Parallel):
+            node = self._parallel(step, template, env)
+        elif isinstance(step, MapReduce):
+            node = self._map_reduce(step, template, env)
+        else:  # pragma: no cover - the step classes reject anything else
+            raise WorkflowError(f"not a step: {step!r}", _plain(template))
+        if step.timeout is not None and not isinstance(step, Call):
+            node = _with_timeout(node, template, step.timeout)
+        return self._with_events(node, template, type(step).__name__)
+
+    def _with_events(self, node: Node, template: str, kind: str) -> Node:
+        bus = self.run.events
+
+        async def observed(scope: Scope, loc: tuple[int, ...]) -> Any:
+            if not bus:
+                return await node(scope, loc)
+            path = fill(template, loc)
+            bus.emit_new(EventKind.STEP_STARTED, path, step=kind)
+            started = anyio.current_time()
+            try:
+                value = await node(scope, loc)
+            except Exception as error:
+                bus.emit_new(
+                    EventKind.STEP_FAILED,
+                    path,
+                    step=kind,
+                    error=error,
+                    duration=anyio.current_time() - started,
+                )
+                raise
+            bus.emit_new(
+                EventKind.STEP_FINISHED,
+                path,
+                step=kind,
+                duration=anyio.current_time() - started,
+            )
+            return value
+
+        return observed
+
+    def _expr(self, expr: Any, env: frozenset[str], template: str) -> Evaluator:
+        return compile_expr(expr, env, self.functions, _plain(template))
+
+    # -- Call ----------------------------------------------------------------
+    def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
+        rt = self.tools(step, _plain(template))
+        tool = rt.tool
+        timeout = step.timeout if step.timeout is not None else tool.timeout
+        retry = step.retry if step.retry is not None else tool.retry
+        cache_key = (id(rt), timeout, retry)
+        invoker = self._invokers.get(cache_key)
+        if invoker is None:
+            invoker = build_invoker(rt, self.run, timeout=timeout, retry=retry)
+            self._invokers[cache_key] = invoker
+        args_at = child(template, "args")
+        arg_evs = [
+            self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
+        ]
+        kw_evs = [(k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()]
+
+        if len(arg_evs) == 1 and not kw_evs:
+            only = arg_evs[0]
+
+            async def call_one(scope: Scope, loc: tuple[int, ...]) -> Any:
+                try:
+                    return await invoker((only(scope),), {}, template, loc)
+                except Exception as error:
+                    raise StepFailed(fill(template, loc), error) from error
+
+            return call_one
+
+        async def call(scope: Scope, loc: tuple[int, ...]) -> Any:
+            try:
+                args = tuple([ev(scope) for ev in arg_evs])
+                kwargs = {k: ev(scope) for k, ev in kw_evs}
+                return await invoker(args, kwargs, template, loc)
+            except Exception as error:
+                raise StepFailed(fill(template, loc), error) from error
+
+        return call
+
+    # -- Sequential ----------------------------------------------------------
+    def _sequential(self, step: Sequential, template: str, env: frozenset[str]) -> Node:
+        pairs: list[tuple[Node, str | None]] = []
+        for i, s in enumerate(step.steps):
+            pairs.append((self.compile(s, index(child(template, "steps"), i), env), s.name))
+            if s.name is not None:
+                env = env | {s.name}
+        binds = any(b is not None for _, b in pairs[:-1])
+
+        async def sequential(scope: Scope, loc: tuple[int, ...]) -> Any:
+            if binds:
+                scope = dict(scope)
+            value = None
+            for node, bind in pairs:
+                value = await node(scope, loc)
+                if bind is not None:
+                    scope[bind] = value
+            return value
+
+        return sequential
+
+    # -- Parallel ------------------------------------------------------------
+    def _parallel(self, step: Parallel, template: str, env: frozenset[str]) -> Node:
+        steps_at = child(template, "steps")
+        names: list[str] | None
+        if isinstance(step.steps, dict):
+            names = list(step.steps)
+            templates = [key(steps_at, k) for k in names]
+            steps = list(step.steps.values())
+        else:
+            names = None
+            templates = [index(steps_at, i) for i in range(len(step.steps))]
+            steps = list(step.steps)
+        nodes = [self.compile(s, t, env) for s, t in zip(steps, templates, strict=True)]
+        collect = step.on_error == "collect"
+        failures = self.run.failures
+
+        async def parallel(scope: Scope, loc: tuple[int, ...]) -> Any:
+            results: list[Any] = [None] * len(nodes)
+
+            async def branch(i: int) -> None:
+                if not collect:
+                    results[i] = await nodes[i](scope, loc)
+                    return
+                try:
+                    results[i] = await nodes[i](scope, loc)
+                except Exception as error:
+                    failure = to_failure(error, fill(templates[i], loc))
+                    failures.append(failure)
+                    results[i] = failure
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i in range(1, len(nodes)):
+                        tg.start_soon(branch, i)
+                    await branch(0)
+            except BaseExceptionGroup as group:
+                raise collapse(group) from None
+            if names is None:
+                return results
+            return dict(zip(names, results, strict=True))
+
+        return parallel
+
+    # -- MapReduce -----------------------------------------------------------
+    def _map_reduce(self, step: MapReduce, template: str, env: frozenset[str]) -> Node:
+        over_at = child(template, "over")
+        reduce_at = child(template, "reduce")
+        over = self._expr(step.over, env, over_at)
+        map_node = self.compile(step.map, child(template, "map") + "[{}]", env | {step.item})
+        reduce_fn: Callable[[Any, Any], Any] | None
+        if isinstance(step.reduce, str):
+            try:
+                reduce_fn = self.functions[step.reduce]
+            except KeyError:
+                raise WorkflowError(
+                    f"unknown function {step.reduce!r} for MapReduce.reduce"
+                    f"{did_you_mean(step.reduce, self.functions)}; register it with "
+                    "Engine(functions=...)",
+                    _plain(reduce_at),
+                ) from None
+        else:
+            reduce_fn = step.reduce
+        initial = (
+            None if step.initial is None else self._expr(step.initial, env, child(template, "initial"))
+        )
+        spec = _MapSpec(
+            map_node=map_node,
+            reduce_fn=reduce_fn,
+            item=step.item,
+            workers=step.max_concurrency or self.max_concurrency,
+            ordered=step.ordered,
+            collect=step.on_error == "collect",
+            item_template=child(template, "map") + "[{}]",
+            over_template=over_at,
+            reduce_template=reduce_at,
+            failures=self.run.failures,
+        )
+
+        async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:
+            try:
+                source = over(scope)
+                start = initial(scope) if initial is not None else _NOTHING
+            except Exception as error:
+                raise StepFailed(fill(over_at, loc), error) from error
+            return await _MapRun(spec, scope, loc, source, start).run()
+
+        return map_reduce
+
+
+def _plain(template: str) -> str:
+    """A template with no slots filled, for compile-time errors."""
+    return template.replace("[{}]", "[*]").replace("{{", "{").replace("}}", "}")
+
+
+def _with_timeout(node: Node, template: str, seconds: float) -> Node:
+    async def timed(scope: Scope, loc: tuple[int, ...]) -> Any:
+        with anyio.CancelScope(deadline=anyio.current_time() + seconds):
+            return await node(scope, loc)
+        # Only reached when this scope swallowed its own cancellation.
+        raise StepTimeout(fill(template, loc), seconds)
+
+    return timed
+
+
+class _Nothing:
+    def __repr__(self) -> str:
+        return "<nothing>"
+
+
+_NOTHING: Any = _Nothing()
+
+
+class _MapSpec:
+    __slots__ = (
+        "collect",
+        "failures",
+        "item",
+        "item_template",
+        "map_node",
+        "ordered",
+        "over_template",
+        "reduce_fn",
+        "reduce_template",
+        "workers",
+    )
+
+    def __init__(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+
+class _MapRun:
+    """The state of one run of one MapReduce step."""
+
+    def __init__(
+        self,
+        spec: _MapSpec,
+        scope: Scope,
+        loc: tuple[int, ...],
+        source: Any,
+        start: Any,
+    ) -> None:
+        self.spec = spec
+        self.scope = scope
+        self.loc = loc
+        self.source = source
+        self.acc = start
+        self.pulled = 0
+        self.exhausted = False
+        self.results: list[Any] = []
+        self.pending: dict[int, Any] = {}
+        self.next_fold = 0
+        self.window_open: anyio.Event | None = None
+        self.sync_iter: Iterator[Any] | None = None
+        self.async_iter: AsyncIterator[Any] | None = None
+        self.pull_lock: anyio.Lock | None = None
+        self.window = math.inf
+        if spec.reduce_fn is not None and spec.ordered:
+            self.window = WINDOW_FACTOR * spec.workers
+
+    async def run(self) -> Any:
+        spec = self.spec
+        source = self.source
+        workers = spec.workers
+        if hasattr(source, "__aiter__"):
+            self.async_iter = source.__aiter__()
+            self.pull_lock = anyio.Lock(fast_acquire=True)
+        else:
+            try:
+                self.sync_iter = iter(source)
+            except TypeError:
+                error = TypeError(
+                    "MapReduce.over must give an iterable or an async iterable, "
+                    f"got {type(source).__name__}"
+                )
+                raise StepFailed(fill(spec.over_template, self.loc), error) from None
+            if hasattr(source, "__len__"):
+                workers = max(1, min(workers, len(source)))
+        try:
+            if workers == 1:
+                await self.worker()
+            else:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(workers - 1):
+                            tg.start_soon(self.worker)
+                        await self.worker()
+                except BaseExceptionGroup as group:
+                    raise collapse(group) from None
+        finally:
+            await self._close_source()
+        if spec.reduce_fn is None:
+            return self.results
+        return None if self.acc is _NOTHING else self.acc
+
+    async def _close_source(self) -> None:
+        source = self.source
+        if inspect.isasyncgen(source):
+            with anyio.CancelScope(shield=True):
+                await source.aclose()
+        elif inspect.isgenerator(source):
+            source.close()
+
+    async def _pull(self) -> tuple[bool, Any]:
+        """The next element, or ``(False, None)`` at the end of the input."""
+        try:
+            if self.sync_iter is not None:
+                return True, next(self.sync_iter)
+            assert self.async_iter is not None and self.pull_lock is not None
+            async with self.pull_lock:
+                if self.exhausted:
+                    return False, None
+                return True, await self.async_iter.__anext__()
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return False, None
+        except Exception as error:
+            self.exhausted = True
+            path = fill(self.spec.over_template, self.loc)
+            if not self.spec.collect:
+                raise StepFailed(path, error) from error
+            failure = Failure(error, path)
+            self.spec.failures.append(failure)
+            if self.spec.reduce_fn is None:
+                self.results.append(failure)
+            return False, None
+
+    async def worker(self) -> None:
+        spec = self.spec
+        scope = self.scope
+        loc = self.loc
+        item = spec.item
+        map_node = spec.map_node
+        collect = spec.collect
+        keep = spec.reduce_fn is None
+        results = self.results
+        since_checkpoint = 0
+        while not self.exhausted:
+            while self.pulled >= self.next_fold + self.window:
+                if self.window_open is None:
+                    self.window_open = anyio.Event()
+                await self.window_open.wait()
+            ok, element = await self._pull()
+            if not ok:
+                return
+            i = self.pulled
+            self.pulled = i + 1
+            if keep:
+                results.append(None)
+            item_scope = scope.copy()
+            item_scope[item] = element
+            try:
+                value = await map_node(item_scope, (*loc, i))
+            except Exception as error:
+                if not collect:
+                    raise
+                value = to_failure(error, fill(spec.item_template, (*loc, i)))
+                spec.failures.append(value)
+            if keep:
+                results[i] = value
+            else:
+                self._deliver(i, value)
+            since_checkpoint += 1
+            if since_checkpoint >= CHECKPOINT_EVERY:
+                since_checkpoint = 0
+                await anyio.lowlevel.checkpoint()
+
+    def _deliver(self, i: int, value: Any) -> None:
+        if not self.spec.ordered:
+            self._fold(value)
+            return
+        if i != self.next_fold:
+            self.pending[i] = value
+            return
+        self._fold(value)
+        nxt = i + 1
+        pending = self.pending
+        while nxt in pending:
+            self._fold(pending.pop(nxt))
+            nxt += 1
+        self.next_fold = nxt
+        if self.window_open is not None:
+            self.window_open.set()
+            self.window_open = None
+
+    def _fold(self, value: Any) -> None:
+        if isinstance(value, Failure):
+            return
+        if self.acc is _NOTHING:
+            self.acc = value
+            return
+        try:
+            self.acc = self.spec.reduce_fn(self.acc, value)  # type: ignore[misc]
+        except Exception as error:
+            path = fill(self.spec.reduce_template, self.loc)
+            if not self.spec.collect:
+                raise StepFailed(path, error) from error
+            self.spec.failures.append(Failure(error, path))

@@ -1,0 +1,147 @@
+"""Middleware: wrappers around every attempt of every tool call.
+
+A middleware is any callable ``(call, call_next) -> awaitable``::
+
+    async def log_calls(call: plait.ToolCall, call_next):
+        print("calling", call.tool.name, "attempt", call.attempt)
+        try:
+            return await call_next(call)
+        finally:
+            print("done", call.path)
+
+    engine = plait.Engine(tools=[...], middleware=[log_calls])
+
+``call_next`` runs the rest of the chain: the next middleware, then the
+engine's own rate limit, concurrency slot and timeout, then the tool. A
+middleware may change the call (``attrs.evolve(call, kwargs=...)``), skip
+``call_next`` and return a value (a cache), retry it, or raise. Middleware
+runs once per attempt, inside the retry loop, in the order given (the first
+is outermost). Time spent in middleware does not count against the tool's
+per-attempt timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+
+from ._limits import LimiterRegistry
+from ._ratelimit import RateLimit, TokenBucket
+from ._tools import Tool
+
+__all__ = ["KeyedLimit", "KeyedRateLimit", "Middleware", "Next", "ToolCall", "chain"]
+
+
+@attrs.frozen
+class ToolCall:
+    """One attempt of one tool call, as middleware sees it.
+
+    Attributes:
+        tool: the :class:`plait.Tool` called.
+        args: positional arguments, evaluated.
+        kwargs: keyword arguments, evaluated.
+        path: the calling step's path (``steps[1].map[17]``), or
+            ``calls[i]`` for :meth:`plait.Engine.call_tools`.
+        attempt: 1 for the first try, 2 for the first retry, ...
+    """
+
+    tool: Tool
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    path: str
+    attempt: int = 1
+
+    @property
+    def name(self) -> str:
+        """The tool's name."""
+        return self.tool.name
+
+
+Next = Callable[[ToolCall], Awaitable[Any]]
+
+
+class Middleware(Protocol):
+    """The middleware protocol: wrap ``call_next(call)``."""
+
+    def __call__(self, call: ToolCall, call_next: Next, /) -> Awaitable[Any]: ...
+
+
+def chain(middleware: tuple[Middleware, ...], core: Next) -> Next:
+    """Compose ``middleware`` around ``core``; the first one is outermost."""
+    handler = core
+    for mw in reversed(middleware):
+        handler = _link(mw, handler)
+    return handler
+
+
+def _link(mw: Middleware, call_next: Next) -> Next:
+    def handler(call: ToolCall) -> Awaitable[Any]:
+        return mw(call, call_next)
+
+    return handler
+
+
+def _by_tool(call: ToolCall) -> str:
+    return call.tool.name
+
+
+class KeyedRateLimit:
+    """Middleware: a separate token bucket per key, e.g. per agent or per user.
+
+    Args:
+        rate_limit: the :class:`plait.RateLimit` each key gets.
+        key: ``(call) -> str``; by default the tool's name.
+
+    Example: at most 2 calls a second per agent, whatever the tool::
+
+        plait.KeyedRateLimit(plait.RateLimit(2), key=lambda c: c.kwargs["agent"])
+    """
+
+    def __init__(
+        self, rate_limit: RateLimit, key: Callable[[ToolCall], str] = _by_tool
+    ) -> None:
+        if not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a plait.RateLimit, got {rate_limit!r}")
+        self.rate_limit = rate_limit
+        self.key = key
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def bucket(self, key: str) -> TokenBucket:
+        """The bucket of ``key`` (created full on first use)."""
+        try:
+            return self._buckets[key]
+        except KeyError:
+            with self._lock:
+                return self._buckets.setdefault(key, TokenBucket(self.rate_limit))
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> Any:
+        await self.bucket(self.key(call)).acquire()
+        return await call_next(call)
+
+
+class KeyedLimit:
+    """Middleware: a concurrency limit per key, held in a :class:`LimiterRegistry`.
+
+    Args:
+        limits: the registry; set limits on it with ``set_limit(key, n)``
+            (keys without a limit are unlimited).
+        key: ``(call) -> str``; by default the tool's name.
+    """
+
+    def __init__(
+        self, limits: LimiterRegistry, key: Callable[[ToolCall], str] = _by_tool
+    ) -> None:
+        self.limits = limits
+        self.key = key
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> Any:
+        limiter = self.limits.limiter(self.key(call))
+        await limiter.acquire()
+        try:
+            return await call_next(call)
+        finally:
+            limiter.release()

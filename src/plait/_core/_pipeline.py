@@ -1,0 +1,350 @@
+"""The tool-call pipeline: retry( middleware( rate limit -> slot -> timeout -> call )).
+
+A pipeline is built once per tool and per set of overrides when a run starts,
+and leaves out every layer the tool does not use, so a plain async tool
+under the engine's limit costs two lock operations and two clock reads per
+call.
+
+Admission (taking rate-limit tokens, then concurrency slots) keeps two
+promises. No slot is held while waiting for a token. And calls never *start*
+faster than a bucket allows: a token is only used at the instant it was
+earned, so a call that had to wait for a slot hands its token back and takes
+a fresh one once it holds the slot (waiting for it with the slot held, which
+only happens when both limits are saturated at once).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+
+from ._bridge import run_in_thread
+from ._errors import ToolTimeout
+from ._events import EventBus, EventKind
+from ._limits import Limiter
+from ._middleware import Middleware, ToolCall, chain
+from ._paths import fill
+from ._ratelimit import TokenBucket
+from ._results import Failure
+from ._retry import Retry
+from ._stats import ToolCounters
+from ._tools import Tool
+
+__all__ = ["Invoker", "RunContext", "ToolRuntime", "build_invoker"]
+
+# (args, kwargs, path template, element indexes) -> result
+Invoker = Callable[[tuple[Any, ...], dict[str, Any], str, tuple[int, ...]], Awaitable[Any]]
+
+_perf = time.perf_counter
+
+
+@attrs.define(eq=False)
+class ToolRuntime:
+    """The engine-lifetime state of one tool: its limiter and its bucket."""
+
+    tool: Tool
+    limiter: Limiter | None
+    bucket: TokenBucket | None
+
+
+@attrs.define(eq=False)
+class RunContext:
+    """What one run shares between its steps and pipelines."""
+
+    events: EventBus
+    engine_limiter: Limiter
+    engine_bucket: TokenBucket | None
+    middleware: tuple[Middleware, ...]
+    thread_limiter: anyio.CapacityLimiter
+    counters: dict[str, ToolCounters] = attrs.field(factory=dict)
+    failures: list[Failure] = attrs.field(factory=list)
+    abandoned_threads: int = 0
+
+    def counters_for(self, name: str) -> ToolCounters:
+        try:
+            return self.counters[name]
+        except KeyError:
+            return self.counters.setdefault(name, ToolCounters())
+
+
+async def _take_tokens(
+    buckets: tuple[TokenBucket, ...], on_wait: Callable[[float], None]
+) -> None:
+    """Take one token of each bucket, all usable at one instant."""
+    waits = [b.reserve() for b in buckets]
+    while True:
+        longest = max(waits)
+        if not longest:
+            return
+        on_wait(longest)
+        try:
+            await anyio.sleep(longest)
+        except BaseException:
+            for b in buckets:
+                b.refund()
+            raise
+        # Tokens earned before the longest wait ended would be spent late,
+        # bunching calls: give them back and take fresh ones now.
+        for i, b in enumerate(buckets):
+            if waits[i] < longest:
+                b.refund()
+                waits[i] = b.reserve()
+            else:
+                waits[i] = 0.0
+
+
+async def _admit(
+    buckets: tuple[TokenBucket, ...],
+    limiters: tuple[Limiter, ...],
+    on_wait: Callable[[float], None],
+) -> None:
+    """Take tokens, then slots; on return every slot in ``limiters`` is held."""
+    if buckets:
+        await _take_tokens(buckets, on_wait)
+    held = 0
+    refunded = False
+    try:
+        for lim in limiters:
+            if not lim.try_acquire():
+                if buckets and not refunded:
+                    for b in buckets:
+                        b.refund()
+                    refunded = True
+                await lim.acquire()
+            held += 1
+        if refunded:
+            await _take_tokens(buckets, on_wait)
+    except BaseException:
+        for lim in limiters[:held]:
+            lim.release()
+        if buckets and not refunded:
+            for b in buckets:
+                b.refund()
+        raise
+
+
+def _release_all(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
+    def release() -> None:
+        for lim in limiters:
+            lim.release()
+
+    return release
+
+
+def build_invoker(
+    rt: ToolRuntime,
+    run: RunContext,
+    *,
+    timeout: float | None,
+    retry: Retry | None,
+) -> Invoker:
+    """Build the call pipeline of ``rt.tool`` for one run.
+
+    Args:
+        timeout: per-attempt timeout (the call's, else the tool's).
+        retry: retry policy (the call's, else the tool's).
+    """
+    tool = rt.tool
+    fn = tool.fn
+    name = tool.name
+    bus = run.events
+    counters = run.counters_for(name)
+    latency = counters.latency
+    limiters = tuple(x for x in (rt.limiter, run.engine_limiter) if x is not None)
+    buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
+    thread_limiter = run.thread_limiter
+
+    release = _release_all(limiters)
+    sync = not tool.is_async
+
+    async def call_sync(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
+    ) -> Any:
+        def on_abandon() -> None:
+            run.abandoned_threads += 1
+            bus.emit_new(
+                EventKind.THREAD_ABANDONED, fill(template, loc), tool=name, attempt=number
+            )
+
+        return await run_in_thread(fn, args, kwargs, release, thread_limiter, on_abandon)
+
+    # -- one attempt: admission, timeout, call -------------------------------
+    async def attempt(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
+    ) -> Any:
+        if buckets:
+
+            def on_wait(seconds: float) -> None:
+                counters.rate_limited += 1
+                bus.emit_new(
+                    EventKind.CALL_RATE_LIMITED,
+                    fill(template, loc),
+                    tool=name,
+                    attempt=number,
+                    duration=seconds,
+                )
+
+            await _admit(buckets, limiters, on_wait)
+        elif len(limiters) == 1:
+            lim = limiters[0]
+            if not lim.try_acquire():
+                await lim.acquire()
+        else:
+            await _admit((), limiters, _no_wait)
+        if bus:
+            bus.emit_new(
+                EventKind.CALL_STARTED, fill(template, loc), tool=name, attempt=number
+            )
+        started = _perf()
+        try:
+            if timeout is None:
+                result = await (
+                    call_sync(args, kwargs, template, loc, number)
+                    if sync
+                    else fn(*args, **kwargs)
+                )
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    result = await (
+                    call_sync(args, kwargs, template, loc, number)
+                    if sync
+                    else fn(*args, **kwargs)
+                )
+                if scope.cancelled_caught:
+                    counters.timeouts += 1
+                    error = ToolTimeout(name, timeout)
+                    if bus:
+                        bus.emit_new(
+                            EventKind.CALL_TIMED_OUT,
+                            fill(template, loc),
+                            tool=name,
+                            attempt=number,
+                            duration=_perf() - started,
+                            error=error,
+                        )
+                    raise error
+        finally:
+            if not sync:
+                for lim in limiters:
+                    lim.release()
+        elapsed = _perf() - started
+        latency.add(elapsed)
+        if bus:
+            bus.emit_new(
+                EventKind.CALL_FINISHED,
+                fill(template, loc),
+                tool=name,
+                attempt=number,
+                duration=elapsed,
+            )
+        return result
+
+    # -- middleware, per attempt ---------------------------------------------
+    if run.middleware:
+
+        async def core(c: ToolCall) -> Any:
+            return await attempt(c.args, c.kwargs, _literal(c.path), (), c.attempt)
+
+        handler = chain(run.middleware, core)
+
+        async def one_try(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            template: str,
+            loc: tuple[int, ...],
+            number: int,
+        ) -> Any:
+            return await handler(ToolCall(tool, args, kwargs, fill(template, loc), number))
+
+    else:
+        one_try = attempt
+
+    # -- retry ---------------------------------------------------------------
+    def failed(template: str, loc: tuple[int, ...], number: int, error: Exception) -> None:
+        counters.failures += 1
+        if bus:
+            bus.emit_new(
+                EventKind.CALL_FAILED,
+                fill(template, loc),
+                tool=name,
+                attempt=number,
+                error=error,
+            )
+
+    if retry is None:
+
+        async def invoke(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            template: str,
+            loc: tuple[int, ...],
+        ) -> Any:
+            counters.calls += 1
+            try:
+                return await one_try(args, kwargs, template, loc, 1)
+            except Exception as error:
+                failed(template, loc, 1, error)
+                raise
+
+        return invoke
+
+    policy = retry
+
+    async def invoke_with_retry(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+    ) -> Any:
+        counters.calls += 1
+        number = 1
+        while True:
+            try:
+                return await one_try(args, kwargs, template, loc, number)
+            except Exception as error:
+                if number >= policy.attempts or not policy.should_retry(error):
+                    failed(template, loc, number, error)
+                    raise
+                delay = policy.delay(number)
+                deadline = anyio.current_effective_deadline()
+                if deadline != math.inf and anyio.current_time() + delay >= deadline:
+                    # Sleeping would only end in a cancellation that hides
+                    # the real error: report it now.
+                    failed(template, loc, number, error)
+                    raise
+                counters.retries += 1
+                if bus:
+                    bus.emit_new(
+                        EventKind.CALL_RETRIED,
+                        fill(template, loc),
+                        tool=name,
+                        attempt=number,
+                        error=error,
+                        delay=delay,
+                    )
+            await anyio.sleep(delay)
+            number += 1
+
+    return invoke_with_retry
+
+
+def _no_wait(seconds: float) -> None:
+    pass
+
+
+def _literal(path: str) -> str:
+    """A finished path as a template with no slots."""
+    return path.replace("{", "{{").replace("}", "}}")

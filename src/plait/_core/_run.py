@@ -1,0 +1,102 @@
+"""The synchronous entry point: ``plait.run`` picks a backend and runs one workflow."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from ._engine import Engine, ToolSpec
+from ._groups import leaves
+from ._steps import Step, Workflow
+from ._wakeup import running_async_library
+
+__all__ = ["resolve_backend", "run", "run_sync"]
+
+BACKENDS = ("asyncio", "uvloop", "trio")
+
+
+def resolve_backend(backend: str | None) -> tuple[str, dict[str, Any]]:
+    """``(anyio backend, backend options)`` for a plait backend name.
+
+    None means uvloop when it is installed, else asyncio.
+
+    Raises:
+        ValueError: an unknown backend name.
+        ImportError: the backend's package is missing, with the pip command.
+    """
+    if backend is None:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "asyncio", {}
+        return "asyncio", {"use_uvloop": True}
+    if backend == "asyncio":
+        return "asyncio", {}
+    if backend == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                'backend "uvloop" needs uvloop: pip install "plait[uvloop]"'
+            ) from None
+        return "asyncio", {"use_uvloop": True}
+    if backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise ImportError('backend "trio" needs trio: pip install "plait[trio]"') from None
+        return "trio", {}
+    raise ValueError(f"backend must be None or one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def run_sync(func: Any, *args: Any, backend: str | None = None, what: str) -> Any:
+    """Run ``await func(*args)`` on a new event loop of ``backend``.
+
+    ``what`` names the async twin for the error raised inside a running loop.
+    Ctrl-C comes out as a bare ``KeyboardInterrupt`` on every backend.
+    """
+    library = running_async_library()
+    if library is not None:
+        raise RuntimeError(
+            f"{what} cannot be called with a running {library} event loop in this "
+            "thread; use `await engine.run(...)` (or the async twin) instead"
+        )
+    name, options = resolve_backend(backend)
+    try:
+        return anyio.run(functools.partial(func, *args), backend=name, backend_options=options)
+    except BaseExceptionGroup as group:
+        # A Ctrl-C that surfaced inside a task group on Trio.
+        for exc in leaves(group):
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise exc from None
+        raise
+
+
+def run(
+    workflow: Workflow | Step,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    backend: str | None = None,
+    tools: Iterable[ToolSpec] = (),
+    deadline: float | None = None,
+    **engine_kw: Any,
+) -> Any:
+    """Run a workflow from synchronous code and return its output.
+
+    Builds an :class:`Engine` from ``tools`` and ``engine_kw`` and runs the
+    workflow on a new event loop. ``backend`` is None (uvloop if installed,
+    else asyncio), ``"asyncio"``, ``"uvloop"`` or ``"trio"``.
+
+    Raises:
+        RuntimeError: when an event loop is already running in this thread;
+            use ``await engine.run(...)`` there.
+    """
+    engine = Engine(tools=tools, **engine_kw)
+
+    async def main() -> Any:
+        return await engine.run(workflow, inputs, deadline=deadline)
+
+    return run_sync(main, backend=backend, what="plait.run()")

@@ -1,0 +1,156 @@
+"""Tools: the functions a workflow calls, with their own limits and policies."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, overload
+
+import attrs
+
+from ._ratelimit import RateLimit
+from ._retry import Retry
+from ._validate import fail, optional_count, optional_number
+
+__all__ = ["Tool", "is_async_callable", "tool"]
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for ``async def`` functions, methods and callables with one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004
+    return call is not None and not inspect.isfunction(fn) and (
+        inspect.iscoroutinefunction(call)
+    )
+
+
+def _check_fn(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        fail(inst, attr.name, "a callable", value)
+
+
+def _check_name(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        fail(inst, attr.name, "a non-empty str", value)
+
+
+def _check_optional(kind: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, kind):
+            fail(inst, attr.name, f"a plait.{kind.__name__} or None", value)
+
+    return check
+
+
+@attrs.frozen(repr=False)
+class Tool:
+    """A function a workflow can call, with its own limits and policies.
+
+    Build one with :func:`tool`. A ``Tool`` is still callable like the
+    function it wraps.
+
+    Attributes:
+        fn: the sync or async function.
+        name: the name workflows use in ``Call("name", ...)``.
+        concurrency_limit: at most this many calls at once per engine; None
+            means bounded only by the engine's ``max_concurrency``.
+        timeout: seconds per attempt, or None.
+        retry: a :class:`Retry` policy, or None for a single attempt.
+        rate_limit: a :class:`RateLimit` for this tool, per engine.
+        is_async: whether ``fn`` is a coroutine function (sync ones run on
+            worker threads).
+    """
+
+    fn: Callable[..., Any] = attrs.field(validator=_check_fn)
+    name: str = attrs.field(validator=_check_name)
+    concurrency_limit: int | None = attrs.field(
+        default=None, kw_only=True, validator=optional_count(minimum=1)
+    )
+    timeout: float | None = attrs.field(
+        default=None, kw_only=True, validator=optional_number()
+    )
+    retry: Retry | None = attrs.field(
+        default=None, kw_only=True, validator=_check_optional(Retry)
+    )
+    rate_limit: RateLimit | None = attrs.field(
+        default=None, kw_only=True, validator=_check_optional(RateLimit)
+    )
+    is_async: bool = attrs.field(init=False, eq=False)
+
+    @is_async.default
+    def _is_async_default(self) -> bool:
+        return is_async_callable(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        opts = "".join(
+            f", {f}={getattr(self, f)!r}"
+            for f in ("concurrency_limit", "timeout", "retry", "rate_limit")
+            if getattr(self, f) is not None
+        )
+        return f"Tool({self.name!r}{opts})"
+
+    @classmethod
+    def of(cls, target: Tool | Callable[..., Any]) -> Tool:
+        """``target`` itself if it is a Tool, else a Tool with default options."""
+        if isinstance(target, Tool):
+            return target
+        return cls(target, _default_name(target))
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return str(name)
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    concurrency_limit: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    rate_limit: RateLimit | None = None,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    concurrency_limit: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    rate_limit: RateLimit | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a sync or async function a :class:`Tool`.
+
+    Use it bare (``@plait.tool``) or with options
+    (``@plait.tool(concurrency_limit=4, timeout=10, retry=plait.Retry())``).
+    The name defaults to the function's ``__name__``.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return Tool(
+            f,
+            name if name is not None else _default_name(f),
+            concurrency_limit=concurrency_limit,
+            timeout=timeout,
+            retry=retry,
+            rate_limit=rate_limit,
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

@@ -45,7 +45,9 @@ def _check_seconds(value: object, what: str) -> float | None:
         or math.isnan(value)
         or value <= 0
     ):
-        raise ConfigError(f"{what} must be a number of seconds > 0 or None, got {value!r}")
+        raise ConfigError(
+            f"{what} must be a number of seconds > 0 or None, got {value!r}"
+        )
     return float(value)
 
 
@@ -83,7 +85,9 @@ class Engine:
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
     ) -> None:
-        self.max_concurrency = _check_positive_int(max_concurrency, "Engine.max_concurrency")
+        self.max_concurrency = _check_positive_int(
+            max_concurrency, "Engine.max_concurrency"
+        )
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise ConfigError(
                 f"Engine.rate_limit must be a plait.RateLimit or None, got {rate_limit!r}"
@@ -94,7 +98,9 @@ class Engine:
             )
         for mw in middleware:
             if not callable(mw):
-                raise ConfigError(f"Engine.middleware items must be callable, got {mw!r}")
+                raise ConfigError(
+                    f"Engine.middleware items must be callable, got {mw!r}"
+                )
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
@@ -112,9 +118,7 @@ class Engine:
             self.register_function(f)
 
     def __repr__(self) -> str:
-        return (
-            f"<Engine tools={sorted(self._tools)} max_concurrency={self.max_concurrency}>"
-        )
+        return f"<Engine tools={sorted(self._tools)} max_concurrency={self.max_concurrency}>"
 
     # -- registration --------------------------------------------------------
     @property
@@ -130,7 +134,9 @@ class Engine:
     def register(self, tool: ToolSpec) -> Tool:
         """Register a tool (or a function, made a tool); return the tool."""
         if not isinstance(tool, Tool) and not callable(tool):
-            raise ConfigError(f"tools must be plait.Tool objects or functions, got {tool!r}")
+            raise ConfigError(
+                f"tools must be plait.Tool objects or functions, got {tool!r}"
+            )
         t = Tool.of(tool)
         if t.name in self._tools:
             raise ConfigError(
@@ -239,9 +245,9 @@ class Engine:
         step, scope = self._prepare(workflow, inputs)
         deadline = _check_seconds(deadline, "deadline")
         run = self._new_run()
-        root = Compiler(run, self._call_lookup, self._functions, self.max_concurrency).compile(
-            step, "", frozenset(scope)
-        )
+        root = Compiler(
+            run, self._call_lookup, self._functions, self.max_concurrency
+        ).compile(step, "", frozenset(scope))
         started = time.perf_counter()
         if deadline is None:
             output = await root(scope, ())
@@ -271,8 +277,12 @@ class Engine:
     ) -> tuple[Step, dict[str, Any]]:
         if inputs is None:
             inputs = {}
-        if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
-            raise WorkflowError(f"inputs must be a dict with str keys, got {inputs!r}", "inputs")
+        if not isinstance(inputs, Mapping) or not all(
+            isinstance(k, str) for k in inputs
+        ):
+            raise WorkflowError(
+                f"inputs must be a dict with str keys, got {inputs!r}", "inputs"
+            )
         if isinstance(workflow, Workflow):
             step = workflow.step
             if workflow.inputs:
@@ -318,7 +328,9 @@ class Engine:
                 ``"collect"``: failed calls become :class:`plait.Failure`.
         """
         if on_error not in ("raise", "collect"):
-            raise ConfigError(f'on_error must be "raise" or "collect", got {on_error!r}')
+            raise ConfigError(
+                f'on_error must be "raise" or "collect", got {on_error!r}'
+            )
         run = self._new_run()
         prepared = []
         for i, pair in enumerate(calls):
@@ -330,8 +342,12 @@ class Engine:
             target, kwargs = pair
             if not isinstance(kwargs, Mapping):
                 raise WorkflowError(f"kwargs must be a dict, got {kwargs!r}", path)
-            rt = self._lookup(target if isinstance(target, str) else Tool.of(target), path)
-            invoker = build_invoker(rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry)
+            rt = self._lookup(
+                target if isinstance(target, str) else Tool.of(target), path
+            )
+            invoker = build_invoker(
+                rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry
+            )
             prepared.append((invoker, dict(kwargs), path))
         results: list[Any] = [None] * len(prepared)
         collect = on_error == "collect"

@@ -22,7 +22,7 @@ __all__ = ["Event", "EventBus", "EventKind", "Subscription"]
 logger = logging.getLogger("plait")
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """What happened."""
 
     STEP_STARTED = "step.started"

@@ -14,7 +14,7 @@ so evaluating one for a map element costs a dict lookup, not a tree walk.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -82,16 +82,16 @@ class Fn:
     args: tuple[Any, ...] = attrs.field(default=())
 
     def __init__(self, fn: str | Callable[..., Any], *args: Any) -> None:
-        self.__attrs_init__(fn, args)  # type: ignore[attr-defined]
+        self.__attrs_init__(fn, args)
 
     def __repr__(self) -> str:
         parts = [repr(self.fn), *(repr(a) for a in self.args)]
         return f"Fn({', '.join(parts)})"
 
 
-def did_you_mean(name: str, known: object) -> str:
+def did_you_mean(name: str, known: Iterable[object]) -> str:
     """`` (did you mean 'x'?)`` when a close match exists, else ``""``."""
-    names = [str(k) for k in known]  # type: ignore[attr-defined]
+    names = [str(k) for k in known]
     close = difflib.get_close_matches(name, names, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

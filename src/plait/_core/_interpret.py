@@ -22,8 +22,9 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 
-from ._errors import StepFailed, StepTimeout, UnknownTool, WorkflowError
+from ._errors import StepFailed, StepTimeout, WorkflowError
 from ._events import EventKind
 from ._expr import Evaluator, compile_expr, did_you_mean
 from ._groups import collapse
@@ -139,7 +140,9 @@ class Compiler:
         arg_evs = [
             self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
         ]
-        kw_evs = [(k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()]
+        kw_evs = [
+            (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
+        ]
 
         if len(arg_evs) == 1 and not kw_evs:
             only = arg_evs[0]
@@ -166,7 +169,9 @@ class Compiler:
     def _sequential(self, step: Sequential, template: str, env: frozenset[str]) -> Node:
         pairs: list[tuple[Node, str | None]] = []
         for i, s in enumerate(step.steps):
-            pairs.append((self.compile(s, index(child(template, "steps"), i), env), s.name))
+            pairs.append(
+                (self.compile(s, index(child(template, "steps"), i), env), s.name)
+            )
             if s.name is not None:
                 env = env | {s.name}
         binds = any(b is not None for _, b in pairs[:-1])
@@ -231,7 +236,9 @@ class Compiler:
         over_at = child(template, "over")
         reduce_at = child(template, "reduce")
         over = self._expr(step.over, env, over_at)
-        map_node = self.compile(step.map, child(template, "map") + "[{}]", env | {step.item})
+        map_node = self.compile(
+            step.map, child(template, "map") + "[{}]", env | {step.item}
+        )
         reduce_fn: Callable[[Any, Any], Any] | None
         if isinstance(step.reduce, str):
             try:
@@ -246,7 +253,9 @@ class Compiler:
         else:
             reduce_fn = step.reduce
         initial = (
-            None if step.initial is None else self._expr(step.initial, env, child(template, "initial"))
+            None
+            if step.initial is None
+            else self._expr(step.initial, env, child(template, "initial"))
         )
         spec = _MapSpec(
             map_node=map_node,
@@ -295,23 +304,20 @@ class _Nothing:
 _NOTHING: Any = _Nothing()
 
 
+@attrs.frozen
 class _MapSpec:
-    __slots__ = (
-        "collect",
-        "failures",
-        "item",
-        "item_template",
-        "map_node",
-        "ordered",
-        "over_template",
-        "reduce_fn",
-        "reduce_template",
-        "workers",
-    )
+    """What a compiled MapReduce needs at run time."""
 
-    def __init__(self, **fields: Any) -> None:
-        for k, v in fields.items():
-            setattr(self, k, v)
+    map_node: Node
+    reduce_fn: Callable[[Any, Any], Any] | None
+    item: str
+    workers: int
+    ordered: bool
+    collect: bool
+    item_template: str
+    over_template: str
+    reduce_template: str
+    failures: list[Failure]
 
 
 class _MapRun:
@@ -391,7 +397,8 @@ class _MapRun:
         try:
             if self.sync_iter is not None:
                 return True, next(self.sync_iter)
-            assert self.async_iter is not None and self.pull_lock is not None
+            assert self.async_iter is not None
+            assert self.pull_lock is not None
             async with self.pull_lock:
                 if self.exhausted:
                     return False, None

@@ -38,7 +38,9 @@ from ._tools import Tool
 __all__ = ["Invoker", "RunContext", "ToolRuntime", "build_invoker"]
 
 # (args, kwargs, path template, element indexes) -> result
-Invoker = Callable[[tuple[Any, ...], dict[str, Any], str, tuple[int, ...]], Awaitable[Any]]
+Invoker = Callable[
+    [tuple[Any, ...], dict[str, Any], str, tuple[int, ...]], Awaitable[Any]
+]
 
 _perf = time.perf_counter
 
@@ -172,10 +174,15 @@ def build_invoker(
         def on_abandon() -> None:
             run.abandoned_threads += 1
             bus.emit_new(
-                EventKind.THREAD_ABANDONED, fill(template, loc), tool=name, attempt=number
+                EventKind.THREAD_ABANDONED,
+                fill(template, loc),
+                tool=name,
+                attempt=number,
             )
 
-        return await run_in_thread(fn, args, kwargs, release, thread_limiter, on_abandon)
+        return await run_in_thread(
+            fn, args, kwargs, release, thread_limiter, on_abandon
+        )
 
     # -- one attempt: admission, timeout, call -------------------------------
     async def attempt(
@@ -217,12 +224,14 @@ def build_invoker(
                     else fn(*args, **kwargs)
                 )
             else:
-                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                with anyio.CancelScope(
+                    deadline=anyio.current_time() + timeout
+                ) as scope:
                     result = await (
-                    call_sync(args, kwargs, template, loc, number)
-                    if sync
-                    else fn(*args, **kwargs)
-                )
+                        call_sync(args, kwargs, template, loc, number)
+                        if sync
+                        else fn(*args, **kwargs)
+                    )
                 if scope.cancelled_caught:
                     counters.timeouts += 1
                     error = ToolTimeout(name, timeout)
@@ -267,13 +276,17 @@ def build_invoker(
             loc: tuple[int, ...],
             number: int,
         ) -> Any:
-            return await handler(ToolCall(tool, args, kwargs, fill(template, loc), number))
+            return await handler(
+                ToolCall(tool, args, kwargs, fill(template, loc), number)
+            )
 
     else:
         one_try = attempt
 
     # -- retry ---------------------------------------------------------------
-    def failed(template: str, loc: tuple[int, ...], number: int, error: Exception) -> None:
+    def failed(
+        template: str, loc: tuple[int, ...], number: int, error: Exception
+    ) -> None:
         counters.failures += 1
         if bus:
             bus.emit_new(

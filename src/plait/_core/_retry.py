@@ -63,11 +63,15 @@ class Retry:
     """
 
     attempts: int = attrs.field(default=3, validator=count(minimum=1))
-    backoff: float = attrs.field(default=2.0, validator=number(minimum=1.0, strict=False))
+    backoff: float = attrs.field(
+        default=2.0, validator=number(minimum=1.0, strict=False)
+    )
     initial_delay: float = attrs.field(
         default=0.1, validator=number(minimum=0.0, strict=False)
     )
-    max_delay: float = attrs.field(default=30.0, validator=number(minimum=0.0, strict=False))
+    max_delay: float = attrs.field(
+        default=30.0, validator=number(minimum=0.0, strict=False)
+    )
     jitter: bool = attrs.field(default=True)
     retry_on: RetryOn = attrs.field(
         default=(OSError, TimeoutError), converter=_to_tuple, validator=_check_retry_on

@@ -29,7 +29,7 @@ def resolve_backend(backend: str | None) -> tuple[str, dict[str, Any]]:
     """
     if backend is None:
         try:
-            import uvloop  # noqa: F401
+            import uvloop
         except ImportError:
             return "asyncio", {}
         return "asyncio", {"use_uvloop": True}
@@ -47,9 +47,13 @@ def resolve_backend(backend: str | None) -> tuple[str, dict[str, Any]]:
         try:
             import trio  # noqa: F401
         except ImportError:
-            raise ImportError('backend "trio" needs trio: pip install "plait[trio]"') from None
+            raise ImportError(
+                'backend "trio" needs trio: pip install "plait[trio]"'
+            ) from None
         return "trio", {}
-    raise ValueError(f"backend must be None or one of {', '.join(BACKENDS)}; got {backend!r}")
+    raise ValueError(
+        f"backend must be None or one of {', '.join(BACKENDS)}; got {backend!r}"
+    )
 
 
 def run_sync(func: Any, *args: Any, backend: str | None = None, what: str) -> Any:
@@ -66,7 +70,9 @@ def run_sync(func: Any, *args: Any, backend: str | None = None, what: str) -> An
         )
     name, options = resolve_backend(backend)
     try:
-        return anyio.run(functools.partial(func, *args), backend=name, backend_options=options)
+        return anyio.run(
+            functools.partial(func, *args), backend=name, backend_options=options
+        )
     except BaseExceptionGroup as group:
         # A Ctrl-C that surfaced inside a task group on Trio.
         for exc in leaves(group):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keyword
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -64,6 +64,10 @@ def _fmt_opts(step: object, names: tuple[str, ...]) -> list[str]:
 @attrs.frozen
 class Step:
     """Base class of all steps."""
+
+    if TYPE_CHECKING:
+        name: str | None
+        timeout: float | None
 
     def _opts(self) -> list[str]:
         return _fmt_opts(self, ("name", "timeout"))
@@ -122,8 +126,7 @@ class Call(Step):
                 isinstance(k, str) for k in arguments
             ):
                 raise WorkflowError(
-                    "Call.arguments must be a dict with str keys, got "
-                    f"{arguments!r}",
+                    f"Call.arguments must be a dict with str keys, got {arguments!r}",
                     "arguments",
                 )
             clash = sorted(set(arguments) & set(kwargs))
@@ -138,7 +141,7 @@ class Call(Step):
             raise WorkflowError(
                 f"Call.retry must be a plait.Retry or None, got {retry!r}", "retry"
             )
-        self.__attrs_init__(  # type: ignore[attr-defined]
+        self.__attrs_init__(
             target, tuple(args), dict(kwargs), name=name, timeout=timeout, retry=retry
         )
 
@@ -155,7 +158,8 @@ class Call(Step):
                 f"{k}={v!r}" if k not in CALL_RESERVED and k.isidentifier() else ""
             )
         reserved = {
-            k: v for k, v in self.kwargs.items()
+            k: v
+            for k, v in self.kwargs.items()
             if k in CALL_RESERVED or not k.isidentifier()
         }
         if reserved:
@@ -183,7 +187,7 @@ class Sequential(Step):
             raise WorkflowError("Sequential needs at least one step", "steps")
         for i, s in enumerate(steps):
             _check_step(self, f"steps[{i}]", s)
-        self.__attrs_init__(tuple(steps), name=name, timeout=timeout)  # type: ignore[attr-defined]
+        self.__attrs_init__(tuple(steps), name=name, timeout=timeout)
 
     def __repr__(self) -> str:
         parts = [repr(s) for s in self.steps] + self._opts()
@@ -207,7 +211,9 @@ class Parallel(Step):
     steps: tuple[Step, ...] | dict[str, Step]
     name: str | None = _name_field()
     timeout: float | None = _timeout_field()
-    on_error: str = attrs.field(default="raise", kw_only=True, validator=one_of("raise", "collect"))
+    on_error: str = attrs.field(
+        default="raise", kw_only=True, validator=one_of("raise", "collect")
+    )
 
     def __init__(
         self,
@@ -227,18 +233,20 @@ class Parallel(Step):
                 "steps",
             )
         if branches:
-            for k, s in branches.items():
+            for k, b in branches.items():
                 if not isinstance(k, str) or not k:
                     fail(self, "steps", "branch names that are non-empty str", k)
-                _check_step(self, f"steps.{k}", s)
+                _check_step(self, f"steps.{k}", b)
             body = dict(branches)
         elif steps:
+            positional: list[Step] = []
             for i, s in enumerate(steps):
                 _check_step(self, f"steps[{i}]", s)
-            body = tuple(steps)  # type: ignore[arg-type]
+                positional.append(s)  # type: ignore[arg-type]
+            body = tuple(positional)
         else:
             raise WorkflowError("Parallel needs at least one step", "steps")
-        self.__attrs_init__(body, name=name, timeout=timeout, on_error=on_error)  # type: ignore[attr-defined]
+        self.__attrs_init__(body, name=name, timeout=timeout, on_error=on_error)
 
     def __repr__(self) -> str:
         if isinstance(self.steps, dict):
@@ -271,19 +279,33 @@ def _check_reduce(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None or (isinstance(value, str) and value):
         return
     if not callable(value):
-        fail(inst, attr.name, "a callable (acc, value) -> acc or a registered function name", value)
+        fail(
+            inst,
+            attr.name,
+            "a callable (acc, value) -> acc or a registered function name",
+            value,
+        )
     if is_async_callable(value):
         fail(inst, attr.name, "a plain (not async) function (acc, value) -> acc", value)
 
 
 def _check_item(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
+    if (
+        not isinstance(value, str)
+        or not value.isidentifier()
+        or keyword.iskeyword(value)
+    ):
         fail(inst, attr.name, "an identifier such as 'item'", value)
 
 
 def _check_over(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, Step):
-        fail(inst, attr.name, "an expression (Var, Fn, Lit) or a value, not a step", value)
+        fail(
+            inst,
+            attr.name,
+            "an expression (Var, Fn, Lit) or a value, not a step",
+            value,
+        )
 
 
 @attrs.frozen(repr=False)
@@ -318,7 +340,9 @@ class MapReduce(Step):
         default=None, validator=_check_reduce
     )
     initial: Any = attrs.field(default=None)
-    max_concurrency: int | None = attrs.field(default=None, validator=optional_count(minimum=1))
+    max_concurrency: int | None = attrs.field(
+        default=None, validator=optional_count(minimum=1)
+    )
     ordered: bool = attrs.field(default=True)
     item: str = attrs.field(default="item", validator=_check_item)
     on_error: str = attrs.field(default="raise", validator=one_of("raise", "collect"))
@@ -336,7 +360,16 @@ class MapReduce(Step):
         parts = [f"over={self.over!r}", f"map={self.map!r}"]
         parts += _fmt_opts(
             self,
-            ("reduce", "initial", "max_concurrency", "ordered", "item", "on_error", "name", "timeout"),
+            (
+                "reduce",
+                "initial",
+                "max_concurrency",
+                "ordered",
+                "item",
+                "on_error",
+                "name",
+                "timeout",
+            ),
         )
         return f"MapReduce({', '.join(parts)})"
 

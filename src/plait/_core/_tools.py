@@ -23,8 +23,10 @@ def is_async_callable(fn: object) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004
-    return call is not None and not inspect.isfunction(fn) and (
-        inspect.iscoroutinefunction(call)
+    return (
+        call is not None
+        and not inspect.isfunction(fn)
+        and (inspect.iscoroutinefunction(call))
     )
 
 

@@ -20,7 +20,9 @@ def _blocks() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
-def test_code_block_runs(where: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_code_block_runs(
+    where: str, code: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
     capsys.readouterr()
 

@@ -31,6 +31,7 @@ from ._core._run import run
 from ._core._stats import RunStats, ToolStats
 from ._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
 from ._core._tools import Tool, tool
+from ._io import dump, json_schema, load
 
 __version__ = "0.1.0.dev0"
 
@@ -45,6 +46,10 @@ __all__ = [
     "Var",
     "Lit",
     "Fn",
+    # workflows as data
+    "load",
+    "dump",
+    "json_schema",
     # running
     "Engine",
     "run",

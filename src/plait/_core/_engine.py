@@ -213,7 +213,6 @@ class Engine:
         )
 
     def _stats(self, run: RunContext, started: float) -> RunStats:
-        self.abandoned_threads += run.abandoned_threads
         return RunStats(
             tools={name: c.snapshot() for name, c in run.counters.items()},
             duration=time.perf_counter() - started,
@@ -249,14 +248,21 @@ class Engine:
             run, self._call_lookup, self._functions, self.max_concurrency
         ).compile(step, "", frozenset(scope))
         started = time.perf_counter()
-        if deadline is None:
-            output = await root(scope, ())
-        else:
-            with anyio.CancelScope(deadline=anyio.current_time() + deadline):
+        try:
+            if deadline is None:
                 output = await root(scope, ())
-                return RunResult(output, tuple(run.failures), self._stats(run, started))
-            raise StepTimeout("", deadline)
-        return RunResult(output, tuple(run.failures), self._stats(run, started))
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + deadline):
+                    output = await root(scope, ())
+                    return RunResult(
+                        output, tuple(run.failures), self._stats(run, started)
+                    )
+                raise StepTimeout("", deadline, deadline=True)
+            return RunResult(output, tuple(run.failures), self._stats(run, started))
+        finally:
+            # Counted however the run ends: threads abandoned by a failed or
+            # cancelled run are the ones that matter most.
+            self.abandoned_threads += run.abandoned_threads
 
     async def run(
         self,
@@ -361,14 +367,19 @@ class Engine:
                     raise StepFailed(path, error) from error
                 results[i] = to_failure(error, path)
 
-        if not parallel or len(prepared) <= 1:
-            for i in range(len(prepared)):
-                await one(i)
-            return results
         try:
-            async with anyio.create_task_group() as tg:
+            if not parallel or len(prepared) <= 1:
                 for i in range(len(prepared)):
-                    tg.start_soon(one, i)
-        except BaseExceptionGroup as group:
-            raise collapse(group) from None
-        return results
+                    await one(i)
+                return results
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(prepared)):
+                        tg.start_soon(one, i)
+            except BaseExceptionGroup as group:
+                raised = collapse(group)
+                # Keep a StepFailed's cause: `from None` would erase it.
+                raise raised from raised.__cause__
+            return results
+        finally:
+            self.abandoned_threads += run.abandoned_threads

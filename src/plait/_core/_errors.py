@@ -7,6 +7,8 @@ Paths in messages use the format described in :mod:`plait._core._paths`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ._paths import show_path
 
 __all__ = [
@@ -36,20 +38,41 @@ class WorkflowError(PlaitError, ValueError):
         path: where the problem is, e.g. ``steps[2].over`` or, for an error
             found while a step object is being built, the field name
             (``max_concurrency``).
+        line: the line in the YAML or JSON text the problem is on, for errors
+            from :func:`plait.load`; else None.
+        errors: for an error from :func:`plait.load`, every problem found in
+            the document, one ``WorkflowError`` each (the message lists them
+            all, one per line); else empty.
     """
 
-    def __init__(self, message: str, path: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        path: str = "",
+        *,
+        line: int | None = None,
+        errors: Sequence[WorkflowError] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.path = path
+        self.line = line
+        self.errors = list(errors)
 
     def __str__(self) -> str:
-        if self.path:
-            return f"{self.message} (at {show_path(self.path)})"
-        return self.message
+        if self.errors:
+            return self.message
+        where = show_path(self.path) if self.path else ""
+        if self.line is not None:
+            where = f"{where}, line {self.line}" if where else f"line {self.line}"
+        return f"{self.message} (at {where})" if where else self.message
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.message, self.path))
+        return (
+            type(self),
+            (self.message, self.path),
+            {"line": self.line, "errors": self.errors},
+        )
 
 
 class UnknownTool(WorkflowError):
@@ -81,16 +104,24 @@ class ToolTimeout(PlaitError, TimeoutError):
 
 
 class StepTimeout(PlaitError, TimeoutError):
-    """A step's ``timeout=`` or the run's ``deadline=`` expired."""
+    """A step's ``timeout=`` or the run's ``deadline=`` expired.
 
-    def __init__(self, path: str, timeout: float) -> None:
-        what = "the run's deadline" if not path else "step timeout"
+    Attributes:
+        path: the path of the step whose timeout fired (``""`` for the root
+            step and for the run's deadline).
+        timeout: the timeout in seconds.
+        deadline: True when it was the run's ``deadline=``.
+    """
+
+    def __init__(self, path: str, timeout: float, *, deadline: bool = False) -> None:
+        what = "the run's deadline" if deadline else "step timeout"
         super().__init__(f"{what} of {timeout:g}s expired at {show_path(path)}")
         self.path = path
         self.timeout = timeout
+        self.deadline = deadline
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.path, self.timeout))
+        return (type(self), (self.path, self.timeout), {"deadline": self.deadline})
 
 
 class StepFailed(PlaitError):

@@ -35,7 +35,7 @@ def _check_var_path(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         fail(inst, attr.name, "a dotted path such as 'x' or 'x.field.0'", value)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Var:
     """Read a variable: an input of the run, a step's ``name=`` or a map item.
 
@@ -46,17 +46,23 @@ class Var:
 
     path: str = attrs.field(validator=_check_var_path)
 
+    def __repr__(self) -> str:
+        return f"Var({self.path!r})"
+
     @property
     def root(self) -> str:
         """The variable's name: the part before the first dot."""
         return self.path.split(".", 1)[0]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Lit:
     """A constant, even when it looks like an expression or holds some."""
 
     value: Any
+
+    def __repr__(self) -> str:
+        return f"Lit({self.value!r})"
 
 
 def _check_fn_target(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:

@@ -95,9 +95,12 @@ class Compiler:
     def _with_events(self, node: Node, template: str, kind: str) -> Node:
         bus = self.run.events
 
-        async def observed(scope: Scope, loc: tuple[int, ...]) -> Any:
-            if not bus:
-                return await node(scope, loc)
+        def observed(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
+            # A plain function: with nobody listening, the step runs with no
+            # coroutine of its own around it.
+            return watched(scope, loc) if bus else node(scope, loc)
+
+        async def watched(scope: Scope, loc: tuple[int, ...]) -> Any:
             path = fill(template, loc)
             bus.emit_new(EventKind.STEP_STARTED, path, step=kind)
             started = anyio.current_time()
@@ -134,7 +137,9 @@ class Compiler:
         cache_key = (id(rt), timeout, retry)
         invoker = self._invokers.get(cache_key)
         if invoker is None:
-            invoker = build_invoker(rt, self.run, timeout=timeout, retry=retry)
+            invoker = build_invoker(
+                rt, self.run, timeout=timeout, retry=retry, step_errors=True
+            )
             self._invokers[cache_key] = invoker
         args_at = child(template, "args")
         arg_evs = [
@@ -144,24 +149,27 @@ class Compiler:
             (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
         ]
 
+        # Plain functions returning the invoker's coroutine, which raises
+        # StepFailed itself: a call step adds no coroutine of its own.
         if len(arg_evs) == 1 and not kw_evs:
             only = arg_evs[0]
 
-            async def call_one(scope: Scope, loc: tuple[int, ...]) -> Any:
+            def call_one(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
                 try:
-                    return await invoker((only(scope),), {}, template, loc)
+                    arg = only(scope)
                 except Exception as error:
                     raise StepFailed(fill(template, loc), error) from error
+                return invoker((arg,), {}, template, loc)
 
             return call_one
 
-        async def call(scope: Scope, loc: tuple[int, ...]) -> Any:
+        def call(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
             try:
                 args = tuple([ev(scope) for ev in arg_evs])
                 kwargs = {k: ev(scope) for k, ev in kw_evs}
-                return await invoker(args, kwargs, template, loc)
             except Exception as error:
                 raise StepFailed(fill(template, loc), error) from error
+            return invoker(args, kwargs, template, loc)
 
         return call
 
@@ -174,7 +182,10 @@ class Compiler:
             )
             if s.name is not None:
                 env = env | {s.name}
-        binds = any(b is not None for _, b in pairs[:-1])
+        # No step sees the last step's name, and binding it would write into
+        # the enclosing scope, which is not copied when nothing else binds.
+        pairs[-1] = (pairs[-1][0], None)
+        binds = any(b is not None for _, b in pairs)
 
         async def sequential(scope: Scope, loc: tuple[int, ...]) -> Any:
             if binds:
@@ -224,7 +235,9 @@ class Compiler:
                         tg.start_soon(branch, i)
                     await branch(0)
             except BaseExceptionGroup as group:
-                raise collapse(group) from None
+                raised = collapse(group)
+                # Keep a StepFailed's cause: `from None` would erase it.
+                raise raised from raised.__cause__
             if names is None:
                 return results
             return dict(zip(names, results, strict=True))
@@ -235,6 +248,7 @@ class Compiler:
     def _map_reduce(self, step: MapReduce, template: str, env: frozenset[str]) -> Node:
         over_at = child(template, "over")
         reduce_at = child(template, "reduce")
+        initial_at = child(template, "initial")
         over = self._expr(step.over, env, over_at)
         map_node = self.compile(
             step.map, child(template, "map") + "[{}]", env | {step.item}
@@ -253,9 +267,7 @@ class Compiler:
         else:
             reduce_fn = step.reduce
         initial = (
-            None
-            if step.initial is None
-            else self._expr(step.initial, env, child(template, "initial"))
+            None if step.initial is None else self._expr(step.initial, env, initial_at)
         )
         spec = _MapSpec(
             map_node=map_node,
@@ -273,9 +285,12 @@ class Compiler:
         async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:
             try:
                 source = over(scope)
-                start = initial(scope) if initial is not None else _NOTHING
             except Exception as error:
                 raise StepFailed(fill(over_at, loc), error) from error
+            try:
+                start = initial(scope) if initial is not None else _NOTHING
+            except Exception as error:
+                raise StepFailed(fill(initial_at, loc), error) from error
             return await _MapRun(spec, scope, loc, source, start).run()
 
         return map_reduce
@@ -364,7 +379,7 @@ class _MapRun:
                     "MapReduce.over must give an iterable or an async iterable, "
                     f"got {type(source).__name__}"
                 )
-                raise StepFailed(fill(spec.over_template, self.loc), error) from None
+                raise StepFailed(fill(spec.over_template, self.loc), error) from error
             if hasattr(source, "__len__"):
                 workers = max(1, min(workers, len(source)))
         try:
@@ -377,7 +392,9 @@ class _MapRun:
                             tg.start_soon(self.worker)
                         await self.worker()
                 except BaseExceptionGroup as group:
-                    raise collapse(group) from None
+                    raised = collapse(group)
+                    # Keep a StepFailed's cause: `from None` would erase it.
+                    raise raised from raised.__cause__
         finally:
             await self._close_source()
         if spec.reduce_fn is None:
@@ -393,29 +410,38 @@ class _MapRun:
             source.close()
 
     async def _pull(self) -> tuple[bool, Any]:
-        """The next element, or ``(False, None)`` at the end of the input."""
+        """The next element of an async input, or ``(False, None)`` at its end."""
         try:
-            if self.sync_iter is not None:
-                return True, next(self.sync_iter)
             assert self.async_iter is not None
             assert self.pull_lock is not None
             async with self.pull_lock:
+                # Other workers pulled while this one waited for the lock.
+                await self._wait_for_window()
                 if self.exhausted:
                     return False, None
                 return True, await self.async_iter.__anext__()
-        except (StopIteration, StopAsyncIteration):
-            self.exhausted = True
-            return False, None
         except Exception as error:
-            self.exhausted = True
-            path = fill(self.spec.over_template, self.loc)
-            if not self.spec.collect:
-                raise StepFailed(path, error) from error
-            failure = Failure(error, path)
-            self.spec.failures.append(failure)
-            if self.spec.reduce_fn is None:
-                self.results.append(failure)
+            self._input_ended(error)
             return False, None
+
+    def _input_ended(self, error: Exception) -> None:
+        """Pulling raised ``error``: the input ended, or failed."""
+        self.exhausted = True
+        if isinstance(error, StopIteration | StopAsyncIteration):
+            return
+        path = fill(self.spec.over_template, self.loc)
+        if not self.spec.collect:
+            raise StepFailed(path, error) from error
+        failure = Failure(error, path)
+        self.spec.failures.append(failure)
+        if self.spec.reduce_fn is None:
+            self.results.append(failure)
+
+    async def _wait_for_window(self) -> None:
+        while self.pulled >= self.next_fold + self.window:
+            if self.window_open is None:
+                self.window_open = anyio.Event()
+            await self.window_open.wait()
 
     async def worker(self) -> None:
         spec = self.spec
@@ -426,27 +452,37 @@ class _MapRun:
         collect = spec.collect
         keep = spec.reduce_fn is None
         results = self.results
+        sync_iter = self.sync_iter
+        windowed = self.window != math.inf
         since_checkpoint = 0
         while not self.exhausted:
-            while self.pulled >= self.next_fold + self.window:
-                if self.window_open is None:
-                    self.window_open = anyio.Event()
-                await self.window_open.wait()
-            ok, element = await self._pull()
-            if not ok:
-                return
+            if windowed and self.pulled >= self.next_fold + self.window:
+                await self._wait_for_window()
+            if sync_iter is not None:
+                # Inline: a coroutine call per element would cost as much as
+                # the rest of this loop.
+                try:
+                    element = next(sync_iter)
+                except Exception as error:
+                    self._input_ended(error)
+                    return
+            else:
+                ok, element = await self._pull()
+                if not ok:
+                    return
             i = self.pulled
             self.pulled = i + 1
             if keep:
                 results.append(None)
             item_scope = scope.copy()
             item_scope[item] = element
+            here = (*loc, i) if loc else (i,)
             try:
-                value = await map_node(item_scope, (*loc, i))
+                value = await map_node(item_scope, here)
             except Exception as error:
                 if not collect:
                     raise
-                value = to_failure(error, fill(spec.item_template, (*loc, i)))
+                value = to_failure(error, fill(spec.item_template, here))
                 spec.failures.append(value)
             if keep:
                 results[i] = value

@@ -24,7 +24,7 @@ import anyio
 import attrs
 
 from ._bridge import run_in_thread
-from ._errors import ToolTimeout
+from ._errors import StepFailed, ToolTimeout
 from ._events import EventBus, EventKind
 from ._limits import Limiter
 from ._middleware import Middleware, ToolCall, chain
@@ -144,12 +144,16 @@ def build_invoker(
     *,
     timeout: float | None,
     retry: Retry | None,
+    step_errors: bool = False,
 ) -> Invoker:
     """Build the call pipeline of ``rt.tool`` for one run.
 
     Args:
         timeout: per-attempt timeout (the call's, else the tool's).
         retry: retry policy (the call's, else the tool's).
+        step_errors: raise a failed call's error as :class:`StepFailed` at
+            the call's path, as a ``Call`` step does, so that the step needs
+            no coroutine of its own around the call.
     """
     tool = rt.tool
     fn = tool.fn
@@ -163,6 +167,10 @@ def build_invoker(
 
     release = _release_all(limiters)
     sync = not tool.is_async
+    only = limiters[0] if len(limiters) == 1 else None
+    # With neither retry nor middleware an attempt is the whole call and does
+    # the call's bookkeeping itself: one coroutine per call, not three.
+    single = retry is None and not run.middleware
 
     async def call_sync(
         args: tuple[Any, ...],
@@ -190,65 +198,80 @@ def build_invoker(
         kwargs: dict[str, Any],
         template: str,
         loc: tuple[int, ...],
-        number: int,
+        number: int = 1,
     ) -> Any:
-        if buckets:
+        if single:
+            counters.calls += 1
+        try:
+            if buckets:
 
-            def on_wait(seconds: float) -> None:
-                counters.rate_limited += 1
+                def on_wait(seconds: float) -> None:
+                    counters.rate_limited += 1
+                    bus.emit_new(
+                        EventKind.CALL_RATE_LIMITED,
+                        fill(template, loc),
+                        tool=name,
+                        attempt=number,
+                        duration=seconds,
+                    )
+
+                await _admit(buckets, limiters, on_wait)
+            elif only is not None:
+                if not only.try_acquire():
+                    await only.acquire()
+            else:
+                await _admit((), limiters, _no_wait)
+            if bus:
                 bus.emit_new(
-                    EventKind.CALL_RATE_LIMITED,
+                    EventKind.CALL_STARTED,
                     fill(template, loc),
                     tool=name,
                     attempt=number,
-                    duration=seconds,
                 )
-
-            await _admit(buckets, limiters, on_wait)
-        elif len(limiters) == 1:
-            lim = limiters[0]
-            if not lim.try_acquire():
-                await lim.acquire()
-        else:
-            await _admit((), limiters, _no_wait)
-        if bus:
-            bus.emit_new(
-                EventKind.CALL_STARTED, fill(template, loc), tool=name, attempt=number
-            )
-        started = _perf()
-        try:
-            if timeout is None:
-                result = await (
-                    call_sync(args, kwargs, template, loc, number)
-                    if sync
-                    else fn(*args, **kwargs)
-                )
-            else:
-                with anyio.CancelScope(
-                    deadline=anyio.current_time() + timeout
-                ) as scope:
+            started = _perf()
+            try:
+                if timeout is None:
                     result = await (
                         call_sync(args, kwargs, template, loc, number)
                         if sync
                         else fn(*args, **kwargs)
                     )
-                if scope.cancelled_caught:
-                    counters.timeouts += 1
-                    error = ToolTimeout(name, timeout)
-                    if bus:
-                        bus.emit_new(
-                            EventKind.CALL_TIMED_OUT,
-                            fill(template, loc),
-                            tool=name,
-                            attempt=number,
-                            duration=_perf() - started,
-                            error=error,
+                else:
+                    with anyio.CancelScope(
+                        deadline=anyio.current_time() + timeout
+                    ) as scope:
+                        result = await (
+                            call_sync(args, kwargs, template, loc, number)
+                            if sync
+                            else fn(*args, **kwargs)
                         )
-                    raise error
-        finally:
-            if not sync:
-                for lim in limiters:
-                    lim.release()
+                    if scope.cancelled_caught:
+                        counters.timeouts += 1
+                        error = ToolTimeout(name, timeout)
+                        if bus:
+                            bus.emit_new(
+                                EventKind.CALL_TIMED_OUT,
+                                fill(template, loc),
+                                tool=name,
+                                attempt=number,
+                                duration=_perf() - started,
+                                error=error,
+                            )
+                        raise error
+            finally:
+                if not sync:
+                    if only is not None:
+                        only.release()
+                    else:
+                        for lim in limiters:
+                            lim.release()
+        except Exception as error:
+            if not single:
+                raise
+            failed(template, loc, number, error)
+            if step_errors:
+                raise StepFailed(fill(template, loc), error) from error
+            raise
         elapsed = _perf() - started
         latency.add(elapsed)
         if bus:
@@ -297,6 +320,9 @@ def build_invoker(
                 error=error,
             )
 
+    if single:
+        return attempt
+
     if retry is None:
 
         async def invoke(
@@ -312,7 +338,7 @@ def build_invoker(
                 failed(template, loc, 1, error)
                 raise
 
-        return invoke
+        return _raising_step_failed(invoke) if step_errors else invoke
 
     policy = retry
 
@@ -351,7 +377,26 @@ def build_invoker(
             await anyio.sleep(delay)
             number += 1
 
+    if step_errors:
+        return _raising_step_failed(invoke_with_retry)
     return invoke_with_retry
+
+
+def _raising_step_failed(invoker: Invoker) -> Invoker:
+    """``invoker``, raising a failed call's error as :class:`StepFailed`."""
+
+    async def invoke(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+    ) -> Any:
+        try:
+            return await invoker(args, kwargs, template, loc)
+        except Exception as error:
+            raise StepFailed(fill(template, loc), error) from error
+
+    return invoke
 
 
 def _no_wait(seconds: float) -> None:

@@ -94,6 +94,7 @@ class Retry:
         try:
             grown = self.initial_delay * self.backoff ** (failed_attempts - 1)
         except OverflowError:
-            grown = self.max_delay
+            # A huge backoff power times a zero initial delay is still zero.
+            grown = self.max_delay if self.initial_delay else 0.0
         base = min(self.max_delay, grown)
         return random.uniform(0.0, base) if self.jitter else base

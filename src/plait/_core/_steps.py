@@ -9,7 +9,7 @@ Every step takes ``name=`` (its output is bound into the enclosing
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -88,6 +88,15 @@ def _check_target(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         fail(inst, attr.name, "a tool name, a plait.Tool or a function", value)
 
 
+def _plain_keyword(name: str) -> bool:
+    """Whether ``name=value`` can be written as a keyword argument of ``Call``."""
+    return (
+        name.isidentifier()
+        and not keyword.iskeyword(name)
+        and name not in CALL_RESERVED
+    )
+
+
 @attrs.frozen(init=False, repr=False)
 class Call(Step):
     """Call a tool: ``Call("search", Var("query"), limit=5)``.
@@ -151,21 +160,14 @@ class Call(Step):
         return self.target if isinstance(self.target, str) else self.target.name
 
     def __repr__(self) -> str:
-        target = self.target if isinstance(self.target, str) else self.target.name
-        parts = [repr(target), *(repr(a) for a in self.args)]
-        for k, v in self.kwargs.items():
-            parts.append(
-                f"{k}={v!r}" if k not in CALL_RESERVED and k.isidentifier() else ""
-            )
-        reserved = {
-            k: v
-            for k, v in self.kwargs.items()
-            if k in CALL_RESERVED or not k.isidentifier()
-        }
+        parts = [repr(self.tool_name), *(repr(a) for a in self.args)]
+        plain = {k: v for k, v in self.kwargs.items() if _plain_keyword(k)}
+        reserved = {k: v for k, v in self.kwargs.items() if not _plain_keyword(k)}
+        parts += [f"{k}={v!r}" for k, v in plain.items()]
         if reserved:
             parts.append(f"arguments={reserved!r}")
         parts += _fmt_opts(self, ("name", "timeout", "retry"))
-        return f"Call({', '.join(p for p in parts if p)})"
+        return f"Call({', '.join(parts)})"
 
 
 @attrs.frozen(init=False, repr=False)
@@ -250,7 +252,12 @@ class Parallel(Step):
 
     def __repr__(self) -> str:
         if isinstance(self.steps, dict):
-            if all(k.isidentifier() and k not in PARALLEL_RESERVED for k in self.steps):
+            if all(
+                k.isidentifier()
+                and not keyword.iskeyword(k)
+                and k not in PARALLEL_RESERVED
+                for k in self.steps
+            ):
                 parts = [f"{k}={s!r}" for k, s in self.steps.items()]
             else:
                 parts = [repr(self.steps)]
@@ -374,6 +381,12 @@ class MapReduce(Step):
         return f"MapReduce({', '.join(parts)})"
 
 
+def _to_names(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):  # one name, not its characters
+        return (value,)
+    return tuple(value)
+
+
 def _check_inputs(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not all(isinstance(v, str) and v.isidentifier() for v in value):
         fail(inst, attr.name, "a tuple of identifiers", value)
@@ -390,7 +403,7 @@ class Workflow:
     step: Step = attrs.field()
     name: str | None = attrs.field(default=None, kw_only=True)
     inputs: tuple[str, ...] = attrs.field(
-        default=(), kw_only=True, converter=tuple, validator=_check_inputs
+        default=(), kw_only=True, converter=_to_names, validator=_check_inputs
     )
     description: str | None = attrs.field(default=None, kw_only=True)
 

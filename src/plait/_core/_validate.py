@@ -33,18 +33,22 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def number(*, minimum: float = 0.0, strict: bool = True) -> Validator:
     """A finite int or float above ``minimum`` (or equal, with ``strict=False``)."""
     sign = ">" if strict else ">="
     expected = f"a number {sign} {minimum:g}"
 
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if (
-            not _is_number(value)
-            or math.isnan(value)
-            or math.isinf(value)
-            or (value <= minimum if strict else value < minimum)
-        ):
+        if not _is_number(value) or not _finite(value):
+            fail(inst, attr.name, expected, value)
+        if value <= minimum if strict else value < minimum:
             fail(inst, attr.name, expected, value)
 
     return check

@@ -1,0 +1,71 @@
+"""The benchmark script still runs: tiny sizes, no timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "overhead.py"
+BACKENDS = ["asyncio", "uvloop", "trio"]
+
+
+@pytest.fixture(scope="module")
+def overhead() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("plait_bench_overhead", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tool", ["yielding", "non-yielding"])
+def test_overhead_runs(overhead: ModuleType, backend: str, tool: str) -> None:
+    result = overhead.measure_overhead(backend, tool, items=500, repeat=2)
+    assert result["backend"] == backend
+    assert result["tool"] == tool
+    assert len(result["baseline_samples_us"]) == 2
+    assert len(result["plait_samples_us"]) == 2
+    assert result["baseline_us"] > 0
+    assert result["plait_us"] > 0
+    assert result["ratio"] == pytest.approx(result["plait_us"] / result["baseline_us"])
+    assert result["cpu_ratio"] > 0
+    assert "plait us" in overhead.overhead_table([result])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_runs_in_process(overhead: ModuleType, backend: str) -> None:
+    pytest.importorskip("psutil")
+    report = overhead.memory_in_process(backend, items=500)
+    assert report["items"] == 500
+    assert report["rss_peak_mb"] >= report["rss_before_mb"] > 0
+    assert report["growth_mb"] >= 0
+
+
+def test_memory_tracemalloc(overhead: ModuleType) -> None:
+    report = overhead.memory_in_process("asyncio", items=500, use_tracemalloc=True)
+    assert report["tracemalloc_peak_mb"] > 0
+
+
+def test_script_end_to_end(
+    overhead: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psutil")
+    out = tmp_path / "results.json"
+    argv = ["--items", "300", "--repeat", "1", "--memory-items", "300"]
+    argv += ["--backends", "trio", "--json", str(out)]
+    assert overhead.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ratio" in printed
+    assert "growth MB" in printed
+    data = json.loads(out.read_text())
+    assert [r["tool"] for r in data["overhead"]] == ["yielding", "non-yielding"]
+    assert data["memory"][0]["backend"] == "trio"
+    assert data["memory"][0]["items"] == 300

@@ -1,0 +1,381 @@
+"""The thread bridge: sync tools on worker threads, timeouts and abandoned threads."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+import plait
+
+pytestmark = pytest.mark.anyio
+
+
+class Gauge:
+    """Counts tool bodies running at once, from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.started = 0
+        self.finished = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.started += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+            self.finished += 1
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``limit`` seconds."""
+    with anyio.fail_after(limit):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+async def test_sync_tools_run_on_worker_threads() -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    @plait.tool
+    def where() -> int:
+        seen.append(threading.get_ident())
+        return threading.get_ident()
+
+    @plait.tool
+    async def where_async() -> int:
+        return threading.get_ident()
+
+    engine = plait.Engine(tools=[where, where_async])
+    out = await engine.run(
+        plait.Parallel(
+            plait.Call("where"), plait.Call("where"), plait.Call(where_async)
+        )
+    )
+    assert out[0] != loop_thread
+    assert out[1] != loop_thread
+    assert seen == out[:2] or seen == out[1::-1]
+    # async tools run in the calling task, on the loop's thread
+    assert out[2] == loop_thread
+
+
+async def test_sync_tool_never_blocks_the_loop() -> None:
+    @plait.tool
+    def blocking() -> str:
+        time.sleep(0.3)
+        return "slept"
+
+    engine = plait.Engine(tools=[blocking])
+    ticks: list[float] = []
+    result: list[str] = []
+
+    async def ticker(stop: anyio.Event) -> None:
+        while not stop.is_set():
+            ticks.append(anyio.current_time())
+            await anyio.sleep(0.01)
+
+    async def work(stop: anyio.Event) -> None:
+        result.append(await engine.run(plait.Call("blocking")))
+        stop.set()
+
+    stop = anyio.Event()
+    started = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker, stop)
+        tg.start_soon(work, stop)
+    elapsed = anyio.current_time() - started
+
+    assert result == ["slept"]
+    assert elapsed >= 0.29
+    # a blocked loop would show one gap of about 0.3 s and a handful of ticks
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 8
+    assert max(gaps) < 0.15
+
+
+async def test_sync_tool_errors_propagate_from_the_thread() -> None:
+    @plait.tool
+    def broken(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    engine = plait.Engine(tools=[broken])
+    with pytest.raises(plait.StepFailed) as info:
+        await engine.run(plait.Sequential(plait.Call("broken", 3)))
+    assert info.value.path == "steps[0]"
+    assert isinstance(info.value.__cause__, ValueError)
+    assert str(info.value.__cause__) == "bad 3"
+
+
+async def test_sync_tool_finishing_before_its_timeout_succeeds() -> None:
+    @plait.tool(timeout=2)
+    def quick(x: int) -> int:
+        time.sleep(0.01)
+        return x * 2
+
+    engine = plait.Engine(tools=[quick])
+    assert await engine.run(plait.Call("quick", 21)) == 42
+    assert engine.abandoned_threads == 0
+
+
+async def test_sync_timeout_fails_fast_and_abandons_the_thread() -> None:
+    gauge = Gauge()
+
+    @plait.tool(timeout=0.1)
+    def stuck() -> None:
+        gauge.enter()
+        try:
+            time.sleep(1)
+        finally:
+            gauge.leave()
+
+    engine = plait.Engine(tools=[stuck])
+    events: list[plait.Event] = []
+    engine.subscribe(events.append)
+    started = anyio.current_time()
+    with pytest.raises(plait.StepFailed) as info:
+        await engine.run(plait.Sequential(plait.Call("stuck")))
+    elapsed = anyio.current_time() - started
+
+    assert elapsed < 0.6
+    cause = info.value.__cause__
+    assert isinstance(cause, plait.ToolTimeout)
+    assert isinstance(cause, TimeoutError)
+    assert info.value.path == "steps[0]"
+    # the thread is still sleeping: it was abandoned, not killed
+    assert gauge.running == 1
+    assert engine.abandoned_threads == 1
+    abandoned = [e for e in events if e.kind is plait.EventKind.THREAD_ABANDONED]
+    assert [(e.path, e.tool, e.attempt) for e in abandoned] == [
+        ("steps[0]", "stuck", 1)
+    ]
+    await wait_until(lambda: gauge.finished == 1)
+
+
+async def test_abandoned_threads_keep_their_slots() -> None:
+    gauge = Gauge()
+
+    @plait.tool(concurrency_limit=2, timeout=0.1)
+    def hang(seconds: float) -> float:
+        gauge.enter()
+        try:
+            time.sleep(seconds)
+        finally:
+            gauge.leave()
+        return seconds
+
+    engine = plait.Engine(tools=[hang])
+    events: list[plait.Event] = []
+    engine.subscribe(events.append)
+    wf = plait.Parallel(
+        *[plait.Call("hang", 0.5) for _ in range(5)], on_error="collect"
+    )
+    result = await engine.execute(wf)
+
+    assert gauge.peak == 2
+    assert gauge.started == 5
+    assert len(result.output) == 5
+    for i, value in enumerate(result.output):
+        assert isinstance(value, plait.Failure)
+        assert isinstance(value.error, plait.ToolTimeout)
+        assert value.path == f"steps[{i}]"
+    assert engine.abandoned_threads == 5
+    abandoned = [e for e in events if e.kind is plait.EventKind.THREAD_ABANDONED]
+    assert sorted(e.path for e in abandoned) == [f"steps[{i}]" for i in range(5)]
+    assert {e.tool for e in abandoned} == {"hang"}
+    assert result.stats.tools["hang"].timeouts == 5
+
+    # once the threads really return, the slots are free again
+    await wait_until(lambda: gauge.finished == 5)
+    with anyio.fail_after(2):
+        assert await engine.run(
+            plait.Parallel(plait.Call("hang", 0.0), plait.Call("hang", 0.0))
+        ) == [0.0, 0.0]
+    assert gauge.peak == 2
+    assert engine.abandoned_threads == 5
+
+
+async def test_a_later_call_waits_for_the_abandoned_thread() -> None:
+    gauge = Gauge()
+
+    @plait.tool(concurrency_limit=1, timeout=0.1)
+    def hang(seconds: float) -> str:
+        gauge.enter()
+        try:
+            time.sleep(seconds)
+        finally:
+            gauge.leave()
+        return "done"
+
+    engine = plait.Engine(tools=[hang])
+    started = anyio.current_time()
+    with pytest.raises(plait.StepFailed):
+        await engine.run(plait.Call("hang", 0.5))
+    assert anyio.current_time() - started < 0.4
+    # the hung thread still holds the only slot: the next call waits for it
+    assert await engine.run(plait.Call("hang", 0.0)) == "done"
+    elapsed = anyio.current_time() - started
+    assert elapsed >= 0.45
+    assert gauge.peak == 1
+    assert gauge.finished == 2
+
+
+async def test_check_cancelled_stops_a_cooperative_sync_tool() -> None:
+    started: list[float] = []
+    stopped: list[tuple[float, BaseException | None]] = []
+    loops = 0
+
+    @plait.tool(timeout=0.1)
+    def crunch() -> str:
+        nonlocal loops
+        started.append(time.monotonic())
+        try:
+            for _ in range(500):
+                plait.check_cancelled()
+                loops += 1
+                time.sleep(0.01)
+        except BaseException as exc:
+            stopped.append((time.monotonic(), exc))
+            raise
+        stopped.append((time.monotonic(), None))
+        return "finished"
+
+    engine = plait.Engine(tools=[crunch])
+    with pytest.raises(plait.StepFailed) as info:
+        await engine.run(plait.Call("crunch"))
+    assert isinstance(info.value.__cause__, plait.ToolTimeout)
+
+    await wait_until(lambda: bool(stopped))
+    when, exc = stopped[0]
+    # the loop ended with an exception soon after the timeout, not after 5 s
+    assert exc is not None
+    assert not isinstance(exc, Exception)  # a cancellation, not an error
+    assert when - started[0] < 1.0
+    assert loops < 100
+
+
+async def test_check_cancelled_does_not_stop_a_call_that_is_not_cancelled() -> None:
+    @plait.tool(timeout=5)
+    def crunch(n: int) -> int:
+        total = 0
+        for i in range(n):
+            plait.check_cancelled()
+            total += i
+        return total
+
+    engine = plait.Engine(tools=[crunch])
+    assert await engine.run(plait.Call("crunch", 100)) == sum(range(100))
+
+
+def test_check_cancelled_is_a_no_op_outside_plait() -> None:
+    @plait.tool(timeout=0.01)
+    def crunch(n: int) -> int:
+        for _ in range(n):
+            plait.check_cancelled()
+        return n
+
+    assert crunch(10) == 10
+    plait.check_cancelled()
+
+    results: list[object] = []
+
+    def in_thread() -> None:
+        try:
+            plait.check_cancelled()
+            results.append("ok")
+        except BaseException as exc:
+            results.append(exc)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert results == ["ok"]
+
+
+async def test_check_cancelled_is_a_no_op_in_the_event_loop() -> None:
+    @plait.tool
+    async def polite() -> str:
+        plait.check_cancelled()
+        return "ok"
+
+    assert await plait.Engine().run(plait.Call(polite)) == "ok"
+
+
+async def test_sync_concurrency_is_not_capped_by_the_default_thread_pool() -> None:
+    gauge = Gauge()
+
+    @plait.tool
+    def nap(i: int) -> int:
+        gauge.enter()
+        try:
+            time.sleep(0.2)
+        finally:
+            gauge.leave()
+        return i
+
+    engine = plait.Engine(tools=[nap], max_concurrency=100)
+    wf = plait.MapReduce(plait.Var("xs"), plait.Call("nap", plait.Var("item")))
+    # The first run may spend a while starting 64 threads on a busy machine;
+    # the second one finds them idle in the pool and shows the overlap.
+    assert await engine.run(wf, {"xs": list(range(64))}) == list(range(64))
+    assert gauge.peak == 64
+    gauge.peak = 0
+    started = anyio.current_time()
+    out = await engine.run(wf, {"xs": list(range(64))})
+    elapsed = anyio.current_time() - started
+
+    assert out == list(range(64))
+    # capped at anyio's 40 threads the peak would be 40, in two rounds of 0.2 s
+    assert gauge.peak == 64
+    assert elapsed < 3 * 0.2
+
+
+async def test_sync_tool_threads_obey_max_concurrency() -> None:
+    gauge = Gauge()
+
+    @plait.tool
+    def nap(i: int) -> int:
+        gauge.enter()
+        try:
+            time.sleep(0.02)
+        finally:
+            gauge.leave()
+        return i
+
+    engine = plait.Engine(tools=[nap], max_concurrency=3)
+    wf = plait.Parallel(*[plait.Call("nap", i) for i in range(12)])
+    assert await engine.run(wf) == list(range(12))
+    assert gauge.peak == 3
+
+
+async def test_cancelled_run_abandons_sync_threads_and_frees_slots() -> None:
+    gauge = Gauge()
+
+    @plait.tool(concurrency_limit=1)
+    def hang(seconds: float) -> str:
+        gauge.enter()
+        try:
+            time.sleep(seconds)
+        finally:
+            gauge.leave()
+        return "done"
+
+    engine = plait.Engine(tools=[hang])
+    with anyio.move_on_after(0.1) as scope:
+        await engine.run(plait.Call("hang", 0.3))
+    assert scope.cancelled_caught
+    assert gauge.running == 1
+    assert engine.abandoned_threads == 1
+    await wait_until(lambda: gauge.finished == 1)
+    with anyio.fail_after(2):
+        assert await engine.run(plait.Call("hang", 0.0)) == "done"

@@ -41,7 +41,7 @@ BACKENDS = [
 ]
 
 LATENESS = 0.050  # see the module docstring
-# The known-bug tests look for one extra call at 20/s; there 20 ms of
+# The strict tests look for one extra call at 20/s; there 20 ms of
 # lateness (0.4 calls) keeps them failing for the right reason.
 STRICT_LATENESS = 0.020
 EPSILON = 0.002  # clock reads in different places
@@ -226,13 +226,6 @@ async def test_tool_and_engine_rate_limits_both_make_calls_wait() -> None:
     check_waited(a_starts + b_starts, engine_limit, made)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a call that needs tokens from two buckets (tool and engine) holds the "
-    "one earned first while it sleeps for the other, and the bucket keeps filling "
-    "meanwhile; every such call then starts together (4 calls at one instant "
-    "under the tool's burst=1)",
-)
 async def test_tool_and_engine_rate_limits_both_hold() -> None:
     engine, wf, tool_limit, engine_limit, a_starts, b_starts = tool_and_engine_limits()
     await engine.run(wf)
@@ -240,13 +233,6 @@ async def test_tool_and_engine_rate_limits_both_hold() -> None:
     check_rate(a_starts + b_starts, engine_limit, STRICT_LATENESS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a call that got its token but found no free concurrency slot hands "
-    "the token back while later callers are queued behind it; the refunded token "
-    "reappears at the end of the queue, so two calls start at one instant under "
-    "burst=1",
-)
 async def test_rate_limit_holds_when_calls_also_wait_for_a_slot() -> None:
     limit = plait.RateLimit(20, burst=1)
     starts: list[float] = []
@@ -429,12 +415,6 @@ async def test_cancelled_wait_gives_its_token_back(where: str) -> None:
     assert 0.3 - EPSILON <= starts[1] - made < 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cancelling calls queued in the middle of a bucket's queue refunds "
-    "their tokens although the calls behind them keep their (later) start "
-    "times; newcomers then start between those, above the bucket's rate",
-)
 async def test_cancelling_queued_calls_never_raises_the_rate() -> None:
     # One token per 50 ms. Calls 0-5 queue at 0, 50, ..., 250 ms; 1-3 are
     # cancelled; 4 and 5 keep their turns at 200 and 250 ms; three newcomers

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._limits import LimiterRegistry
+from ._limits import Limiter, LimiterRegistry
 from ._ratelimit import RateLimit, TokenBucket
 from ._tools import Tool
 
@@ -46,6 +46,13 @@ class ToolCall:
         path: the calling step's path (``steps[1].map[17]``), or
             ``calls[i]`` for :meth:`plait.Engine.call_tools`.
         attempt: 1 for the first try, 2 for the first retry, ...
+        buckets: extra rate-limit buckets this attempt must take a token of,
+            added by middleware such as :class:`KeyedRateLimit`. The engine
+            takes them together with its own, at the instant the call starts.
+        limiters: extra concurrency limiters this attempt must hold a slot
+            of, added by middleware such as :class:`KeyedLimit`; held like the
+            tool's own slot (a timed-out sync tool keeps them until its thread
+            returns).
     """
 
     tool: Tool
@@ -53,6 +60,8 @@ class ToolCall:
     kwargs: dict[str, Any]
     path: str
     attempt: int = 1
+    buckets: tuple[TokenBucket, ...] = ()
+    limiters: tuple[Limiter, ...] = ()
 
     @property
     def name(self) -> str:
@@ -95,6 +104,10 @@ class KeyedRateLimit:
         rate_limit: the :class:`plait.RateLimit` each key gets.
         key: ``(call) -> str``; by default the tool's name.
 
+    The key's token is taken together with the engine's and the tool's, at
+    the instant the call starts (see :class:`ToolCall`), so calls never
+    start faster than the key's bucket allows.
+
     Example: at most 2 calls a second per agent, whatever the tool::
 
         plait.KeyedRateLimit(plait.RateLimit(2), key=lambda c: c.kwargs["agent"])
@@ -118,9 +131,9 @@ class KeyedRateLimit:
             with self._lock:
                 return self._buckets.setdefault(key, TokenBucket(self.rate_limit))
 
-    async def __call__(self, call: ToolCall, call_next: Next) -> Any:
-        await self.bucket(self.key(call)).acquire()
-        return await call_next(call)
+    def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
+        bucket = self.bucket(self.key(call))
+        return call_next(attrs.evolve(call, buckets=(*call.buckets, bucket)))
 
 
 class KeyedLimit:
@@ -130,6 +143,9 @@ class KeyedLimit:
         limits: the registry; set limits on it with ``set_limit(key, n)``
             (keys without a limit are unlimited).
         key: ``(call) -> str``; by default the tool's name.
+
+    The key's slot is taken with the tool's and the engine's own and held
+    like them: a timed-out sync tool keeps it until its thread returns.
     """
 
     def __init__(
@@ -138,10 +154,6 @@ class KeyedLimit:
         self.limits = limits
         self.key = key
 
-    async def __call__(self, call: ToolCall, call_next: Next) -> Any:
+    def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
         limiter = self.limits.limiter(self.key(call))
-        await limiter.acquire()
-        try:
-            return await call_next(call)
-        finally:
-            limiter.release()
+        return call_next(attrs.evolve(call, limiters=(*call.limiters, limiter)))

@@ -5,12 +5,11 @@ and leaves out every layer the tool does not use, so a plain async tool
 under the engine's limit costs two lock operations and two clock reads per
 call.
 
-Admission (taking rate-limit tokens, then concurrency slots) keeps two
-promises. No slot is held while waiting for a token. And calls never *start*
-faster than a bucket allows: a token is only used at the instant it was
-earned, so a call that had to wait for a slot hands its token back and takes
-a fresh one once it holds the slot (waiting for it with the slot held, which
-only happens when both limits are saturated at once).
+Admission (rate-limit tokens, then concurrency slots) keeps two promises.
+No slot is held while waiting for a token, unless the call first had to wait
+for its slot. And calls never *start* faster than a bucket allows: tokens are
+taken only at the instant the call starts, never earlier and never handed
+back (see :func:`_admit`).
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ import anyio
 import attrs
 
 from ._bridge import run_in_thread
-from ._errors import StepFailed, ToolTimeout
+from ._errors import ConfigError, StepFailed, ToolTimeout
 from ._events import EventBus, EventKind
 from ._limits import Limiter
 from ._middleware import Middleware, ToolCall, chain
 from ._paths import fill
-from ._ratelimit import TokenBucket
+from ._ratelimit import TokenBucket, commit, pace, release_gates
 from ._results import Failure
 from ._retry import Retry
 from ._stats import ToolCounters
@@ -74,30 +73,28 @@ class RunContext:
             return self.counters.setdefault(name, ToolCounters())
 
 
-async def _take_tokens(
-    buckets: tuple[TokenBucket, ...], on_wait: Callable[[float], None]
-) -> None:
-    """Take one token of each bucket, all usable at one instant."""
-    waits = [b.reserve() for b in buckets]
-    while True:
-        longest = max(waits)
-        if not longest:
-            return
-        on_wait(longest)
-        try:
-            await anyio.sleep(longest)
-        except BaseException:
-            for b in buckets:
-                b.refund()
-            raise
-        # Tokens earned before the longest wait ended would be spent late,
-        # bunching calls: give them back and take fresh ones now.
-        for i, b in enumerate(buckets):
-            if waits[i] < longest:
-                b.refund()
-                waits[i] = b.reserve()
-            else:
-                waits[i] = 0.0
+def _try_slots(limiters: tuple[Limiter, ...]) -> bool:
+    """Take a slot of every limiter now, or none of them."""
+    for i, lim in enumerate(limiters):
+        if not lim.try_acquire():
+            for held in limiters[:i]:
+                held.release()
+            return False
+    return True
+
+
+async def _take_slots(limiters: tuple[Limiter, ...]) -> None:
+    """Take a slot of every limiter, in order, waiting as needed."""
+    held = 0
+    try:
+        for lim in limiters:
+            if not lim.try_acquire():
+                await lim.acquire()
+            held += 1
+    except BaseException:
+        for lim in limiters[:held]:
+            lim.release()
+        raise
 
 
 async def _admit(
@@ -105,29 +102,30 @@ async def _admit(
     limiters: tuple[Limiter, ...],
     on_wait: Callable[[float], None],
 ) -> None:
-    """Take tokens, then slots; on return every slot in ``limiters`` is held."""
-    if buckets:
-        await _take_tokens(buckets, on_wait)
-    held = 0
-    refunded = False
+    """Take a token of every bucket and a slot of every limiter.
+
+    Tokens are waited for first, holding no slot; they are taken only once
+    the slots are held too, at the instant the call starts. When the slots
+    are busy the call gives up its place at the buckets, waits for the slots,
+    then waits for tokens again while holding them (only when both limits are
+    saturated at once).
+    """
+    if not buckets:
+        await _take_slots(limiters)
+        return
+    await pace(buckets, on_wait)
+    if _try_slots(limiters):
+        commit(buckets)
+        return
+    release_gates(buckets)
+    await _take_slots(limiters)
     try:
-        for lim in limiters:
-            if not lim.try_acquire():
-                if buckets and not refunded:
-                    for b in buckets:
-                        b.refund()
-                    refunded = True
-                await lim.acquire()
-            held += 1
-        if refunded:
-            await _take_tokens(buckets, on_wait)
+        await pace(buckets, on_wait)
     except BaseException:
-        for lim in limiters[:held]:
+        for lim in limiters:
             lim.release()
-        if buckets and not refunded:
-            for b in buckets:
-                b.refund()
         raise
+    commit(buckets)
 
 
 def _release_all(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
@@ -178,6 +176,7 @@ def build_invoker(
         template: str,
         loc: tuple[int, ...],
         number: int,
+        release: Callable[[], None],
     ) -> Any:
         def on_abandon() -> None:
             run.abandoned_threads += 1
@@ -199,13 +198,25 @@ def build_invoker(
         template: str,
         loc: tuple[int, ...],
         number: int = 1,
+        extra_buckets: tuple[TokenBucket, ...] = (),
+        extra_limiters: tuple[Limiter, ...] = (),
     ) -> Any:
         if single:
             counters.calls += 1
         try:
-            if buckets:
+            lims = limiters
+            bks = buckets
+            if extra_limiters or extra_buckets:
+                lims += extra_limiters
+                bks += extra_buckets
+            if bks:
+                rate_limited = False
 
                 def on_wait(seconds: float) -> None:
+                    nonlocal rate_limited
+                    if rate_limited:
+                        return
+                    rate_limited = True
                     counters.rate_limited += 1
                     bus.emit_new(
                         EventKind.CALL_RATE_LIMITED,
@@ -215,12 +226,12 @@ def build_invoker(
                         duration=seconds,
                     )
 
-                await _admit(buckets, limiters, on_wait)
-            elif only is not None:
+                await _admit(bks, lims, on_wait)
+            elif only is not None and lims is limiters:
                 if not only.try_acquire():
                     await only.acquire()
             else:
-                await _admit((), limiters, _no_wait)
+                await _take_slots(lims)
             if bus:
                 bus.emit_new(
                     EventKind.CALL_STARTED,
@@ -232,7 +243,14 @@ def build_invoker(
             try:
                 if timeout is None:
                     result = await (
-                        call_sync(args, kwargs, template, loc, number)
+                        call_sync(
+                            args,
+                            kwargs,
+                            template,
+                            loc,
+                            number,
+                            release if lims is limiters else _release_all(lims),
+                        )
                         if sync
                         else fn(*args, **kwargs)
                     )
@@ -241,7 +259,14 @@ def build_invoker(
                         deadline=anyio.current_time() + timeout
                     ) as scope:
                         result = await (
-                            call_sync(args, kwargs, template, loc, number)
+                            call_sync(
+                                args,
+                                kwargs,
+                                template,
+                                loc,
+                                number,
+                                release if lims is limiters else _release_all(lims),
+                            )
                             if sync
                             else fn(*args, **kwargs)
                         )
@@ -260,10 +285,10 @@ def build_invoker(
                         raise error
             finally:
                 if not sync:
-                    if only is not None:
+                    if only is not None and lims is limiters:
                         only.release()
                     else:
-                        for lim in limiters:
+                        for lim in lims:
                             lim.release()
         except Exception as error:
             if not single:
@@ -288,7 +313,21 @@ def build_invoker(
     if run.middleware:
 
         async def core(c: ToolCall) -> Any:
-            return await attempt(c.args, c.kwargs, _literal(c.path), (), c.attempt)
+            if c.tool is not tool:
+                raise ConfigError(
+                    f"middleware replaced ToolCall.tool ({tool.name!r} with "
+                    f"{c.tool.name!r}); a middleware may change the arguments, "
+                    "not the tool"
+                )
+            return await attempt(
+                c.args,
+                c.kwargs,
+                _literal(c.path),
+                (),
+                c.attempt,
+                c.buckets,
+                c.limiters,
+            )
 
         handler = chain(run.middleware, core)
 
@@ -397,10 +436,6 @@ def _raising_step_failed(invoker: Invoker) -> Invoker:
             raise StepFailed(fill(template, loc), error) from error
 
     return invoke
-
-
-def _no_wait(seconds: float) -> None:
-    pass
 
 
 def _literal(path: str) -> str:

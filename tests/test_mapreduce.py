@@ -695,3 +695,40 @@ async def test_nested_map_reduce_failure_paths() -> None:
             {"rows": rows[1:]},
         )
     assert info.value.path == "map[1].map[1]"
+
+
+async def test_generators_behind_iterables_are_closed_when_the_step_stops_early() -> (
+    None
+):
+    closed: list[str] = []
+
+    class Lines:
+        def __iter__(self) -> Iterator[int]:
+            try:
+                yield from range(100)
+            finally:
+                closed.append("sync")
+
+    class Chunks:
+        async def _gen(self) -> AsyncIterator[int]:
+            try:
+                for i in range(100):
+                    yield i
+            finally:
+                closed.append("async")
+
+        def __aiter__(self) -> AsyncIterator[int]:
+            return self._gen()
+
+    def boom(x: int) -> int:
+        if x == 3:
+            raise ValueError(x)
+        return x
+
+    engine = plait.Engine(tools=[plait.tool(boom)])
+    for source in (Lines(), Chunks()):
+        with pytest.raises(plait.StepFailed):
+            await engine.run(
+                MapReduce(Var("s"), "boom", max_concurrency=2), {"s": source}
+            )
+    assert closed == ["sync", "async"]

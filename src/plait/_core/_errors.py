@@ -7,11 +7,13 @@ Paths in messages use the format described in :mod:`plait._core._paths`
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 
 from ._paths import show_path
 
 __all__ = [
+    "CommandFailed",
     "ConfigError",
     "ExpressionError",
     "PlaitError",
@@ -142,3 +144,38 @@ class StepFailed(PlaitError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.path, self.error))
+
+
+class CommandFailed(PlaitError, subprocess.CalledProcessError):
+    """A command run with ``check=True`` exited with a non-zero status.
+
+    Raised by :mod:`plait.tools`' shell tool. It is also a
+    :class:`subprocess.CalledProcessError`, so code written for
+    ``subprocess.run(..., check=True)`` catches it unchanged.
+
+    Attributes:
+        cmd: the command, as given (a string or a sequence of arguments).
+        returncode: its exit status; ``-N`` when signal ``N`` killed it.
+        stdout: its captured standard output, as text (also ``output``).
+        stderr: its captured standard error, as text.
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: str | Sequence[str],
+        output: str = "",
+        stderr: str = "",
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
+        self.args = (returncode, cmd, output, stderr)
+
+    def __str__(self) -> str:
+        code = self.returncode
+        status = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        tail = str(self.stderr or "").strip()[-300:]
+        detail = f"; stderr: {tail!r}" if tail else ""
+        return (
+            f"command {self.cmd!r} {status}{detail} "
+            "(pass check=False to get the result instead of this error)"
+        )

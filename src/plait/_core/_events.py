@@ -4,7 +4,8 @@ Subscribers are plain callables, called synchronously in the task that
 emitted the event, so they must be quick and must not block. An exception in
 a subscriber never breaks the run: it is logged on the ``plait`` logger and
 the subscriber stays subscribed. When nobody is subscribed, emitting costs a
-single truth test.
+single truth test: a run started with nobody subscribed even compiles its
+steps without step-event hooks (call events still reach later subscribers).
 """
 
 from __future__ import annotations
@@ -95,27 +96,31 @@ class EventBus:
     """The subscribers of one engine.
 
     ``bus.subscribe(fn)`` returns a :class:`Subscription`;
-    ``bool(bus)`` tells whether anyone listens.
+    ``bus.active`` (and ``bool(bus)``) tells whether anyone listens.
     """
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_subscribers", "active")
 
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()
+        # A plain attribute, not a property: hot paths test it per call.
+        self.active = False
 
     def __bool__(self) -> bool:
-        return bool(self._subscribers)
+        return self.active
 
     def subscribe(self, fn: Subscriber) -> Subscription:
         """Call ``fn(event)`` for every event from now on."""
         if not callable(fn):
             raise TypeError(f"subscriber must be callable, got {fn!r}")
         self._subscribers = (*self._subscribers, fn)
+        self.active = True
         return Subscription(self, fn)
 
     def unsubscribe(self, fn: Subscriber) -> None:
         """Remove ``fn`` (no error when it is not subscribed)."""
         self._subscribers = tuple(s for s in self._subscribers if s is not fn)
+        self.active = bool(self._subscribers)
 
     def emit(self, event: Event) -> None:
         """Send ``event`` to every subscriber; their errors are logged, not raised."""

@@ -94,11 +94,10 @@ class Compiler:
 
     def _with_events(self, node: Node, template: str, kind: str) -> Node:
         bus = self.run.events
-
-        def observed(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
-            # A plain function: with nobody listening, the step runs with no
-            # coroutine of its own around it.
-            return watched(scope, loc) if bus else node(scope, loc)
+        if not bus.active:
+            # Step events go to those subscribed when the run starts; with
+            # nobody listening a step runs with no wrapper at all.
+            return node
 
         async def watched(scope: Scope, loc: tuple[int, ...]) -> Any:
             path = fill(template, loc)
@@ -123,7 +122,7 @@ class Compiler:
             )
             return value
 
-        return observed
+        return watched
 
     def _expr(self, expr: Any, env: frozenset[str], template: str) -> Evaluator:
         return compile_expr(expr, env, self.functions, _plain(template))
@@ -402,12 +401,14 @@ class _MapRun:
         return None if self.acc is _NOTHING else self.acc
 
     async def _close_source(self) -> None:
-        source = self.source
-        if inspect.isasyncgen(source):
-            with anyio.CancelScope(shield=True):
-                await source.aclose()
-        elif inspect.isgenerator(source):
-            source.close()
+        # Close the generator behind the input too: an iterable whose
+        # __iter__ is a generator function hands back a fresh generator.
+        for it in (self.source, self.sync_iter, self.async_iter):
+            if inspect.isasyncgen(it):
+                with anyio.CancelScope(shield=True):
+                    await it.aclose()
+            elif inspect.isgenerator(it):
+                it.close()
 
     async def _pull(self) -> tuple[bool, Any]:
         """The next element of an async input, or ``(False, None)`` at its end."""

@@ -134,6 +134,8 @@ class Limiter:
             if self._borrowed <= 0:
                 raise RuntimeError(f"{self!r} released more often than acquired")
             self._borrowed -= 1
+            if not self._waiters:
+                return
             woken = self._grant_locked()
         self._wake(woken)
 

@@ -70,10 +70,23 @@ class ToolCall:
 
 
 Next = Callable[[ToolCall], Awaitable[Any]]
+"""The type of ``call_next``: runs the rest of the chain for a :class:`ToolCall`."""
 
 
 class Middleware(Protocol):
-    """The middleware protocol: wrap ``call_next(call)``."""
+    """The middleware protocol: wrap ``call_next(call)``.
+
+    A middleware is any callable ``(call, call_next) -> awaitable``, usually
+    an ``async def``. ``call_next`` runs the rest of the chain: the next
+    middleware, then the engine's own rate limit, concurrency slot and
+    timeout, then the tool. A middleware may change the call
+    (``attrs.evolve(call, kwargs=...)``), skip ``call_next`` and return a
+    value (a cache), or raise; it must not replace ``call.tool``.
+
+    Middleware runs once per attempt, inside the retry loop, in the order
+    given to ``Engine(middleware=...)`` (the first is outermost). Time spent
+    in middleware does not count against the tool's per-attempt timeout.
+    """
 
     def __call__(self, call: ToolCall, call_next: Next, /) -> Awaitable[Any]: ...
 

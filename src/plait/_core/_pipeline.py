@@ -232,7 +232,7 @@ def build_invoker(
                     await only.acquire()
             else:
                 await _take_slots(lims)
-            if bus:
+            if bus.active:
                 bus.emit_new(
                     EventKind.CALL_STARTED,
                     fill(template, loc),
@@ -273,7 +273,7 @@ def build_invoker(
                     if scope.cancelled_caught:
                         counters.timeouts += 1
                         error = ToolTimeout(name, timeout)
-                        if bus:
+                        if bus.active:
                             bus.emit_new(
                                 EventKind.CALL_TIMED_OUT,
                                 fill(template, loc),
@@ -299,7 +299,7 @@ def build_invoker(
             raise
         elapsed = _perf() - started
         latency.add(elapsed)
-        if bus:
+        if bus.active:
             bus.emit_new(
                 EventKind.CALL_FINISHED,
                 fill(template, loc),
@@ -350,7 +350,7 @@ def build_invoker(
         template: str, loc: tuple[int, ...], number: int, error: Exception
     ) -> None:
         counters.failures += 1
-        if bus:
+        if bus.active:
             bus.emit_new(
                 EventKind.CALL_FAILED,
                 fill(template, loc),
@@ -358,6 +358,49 @@ def build_invoker(
                 attempt=number,
                 error=error,
             )
+
+    if single and not sync and not buckets and timeout is None and only is not None:
+        # The common case (an async tool under one limit, no retry, timeout,
+        # rate limit or middleware) gets an attempt with every other layer
+        # left out: it runs once per map element.
+        lim = only
+
+        async def plain(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            template: str,
+            loc: tuple[int, ...],
+        ) -> Any:
+            counters.calls += 1
+            if not lim.try_acquire():
+                await lim.acquire()
+            if bus.active:
+                bus.emit_new(
+                    EventKind.CALL_STARTED, fill(template, loc), tool=name, attempt=1
+                )
+            started = _perf()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as error:
+                failed(template, loc, 1, error)
+                if step_errors:
+                    raise StepFailed(fill(template, loc), error) from error
+                raise
+            finally:
+                lim.release()
+            elapsed = _perf() - started
+            latency.add(elapsed)
+            if bus.active:
+                bus.emit_new(
+                    EventKind.CALL_FINISHED,
+                    fill(template, loc),
+                    tool=name,
+                    attempt=1,
+                    duration=elapsed,
+                )
+            return result
+
+        return plain
 
     if single:
         return attempt
@@ -404,7 +447,7 @@ def build_invoker(
                     failed(template, loc, number, error)
                     raise
                 counters.retries += 1
-                if bus:
+                if bus.active:
                     bus.emit_new(
                         EventKind.CALL_RETRIED,
                         fill(template, loc),

@@ -104,7 +104,8 @@ class Call(Step):
     Args:
         target: a registered tool name, a :class:`plait.Tool`, or a function
             (made a tool with default options).
-        *args, **kwargs: the tool's arguments, expressions or constants.
+        *args: the tool's positional arguments, expressions or constants.
+        **kwargs: the tool's keyword arguments, expressions or constants.
         name: bind the result for later steps.
         timeout: per-attempt timeout, overriding the tool's own; raises
             :class:`plait.ToolTimeout`.
@@ -398,6 +399,12 @@ class Workflow:
 
     ``inputs`` names the variables a run must be given; when it is set,
     ``Engine.run`` rejects missing and unexpected inputs before anything runs.
+
+    Args:
+        step: the root step.
+        name: the workflow's name, for people and logs.
+        inputs: the names of the run's inputs, or empty to accept any.
+        description: what the workflow does, for people and tools.
     """
 
     step: Step = attrs.field()

@@ -241,35 +241,25 @@ def build_invoker(
                 )
             started = _perf()
             try:
-                if timeout is None:
-                    result = await (
-                        call_sync(
-                            args,
-                            kwargs,
-                            template,
-                            loc,
-                            number,
-                            release if lims is limiters else _release_all(lims),
-                        )
-                        if sync
-                        else fn(*args, **kwargs)
+                work = (
+                    call_sync(
+                        args,
+                        kwargs,
+                        template,
+                        loc,
+                        number,
+                        release if lims is limiters else _release_all(lims),
                     )
+                    if sync
+                    else fn(*args, **kwargs)
+                )
+                if timeout is None:
+                    result = await work
                 else:
                     with anyio.CancelScope(
                         deadline=anyio.current_time() + timeout
                     ) as scope:
-                        result = await (
-                            call_sync(
-                                args,
-                                kwargs,
-                                template,
-                                loc,
-                                number,
-                                release if lims is limiters else _release_all(lims),
-                            )
-                            if sync
-                            else fn(*args, **kwargs)
-                        )
+                        result = await work
                     if scope.cancelled_caught:
                         counters.timeouts += 1
                         error = ToolTimeout(name, timeout)

@@ -14,6 +14,7 @@ so evaluating one for a map element costs a dict lookup, not a tree walk.
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -150,11 +151,8 @@ def _compile_var(var: Var, env: frozenset[str], path: str) -> Evaluator:
             path,
         )
     if not rest:
-
-        def get_root(scope: Scope) -> Any:
-            return scope[root]
-
-        return get_root
+        # A C-level getter: this runs once per map element.
+        return operator.itemgetter(root)
     parts = tuple((p, int(p) if p.lstrip("-").isdigit() else None) for p in rest)
     full = var.path
 

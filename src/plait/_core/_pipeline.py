@@ -354,6 +354,7 @@ def build_invoker(
         # rate limit or middleware) gets an attempt with every other layer
         # left out: it runs once per map element.
         lim = only
+        add_latency = latency.add
 
         async def plain(
             args: tuple[Any, ...],
@@ -379,7 +380,7 @@ def build_invoker(
             finally:
                 lim.release()
             elapsed = _perf() - started
-            latency.add(elapsed)
+            add_latency(elapsed)
             if bus.active:
                 bus.emit_new(
                     EventKind.CALL_FINISHED,

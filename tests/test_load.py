@@ -1016,3 +1016,9 @@ def test_fuzz_mutated_documents(doc: Any, form: str) -> None:
         load_or_workflow_error(json.dumps(doc))
     else:
         load_or_workflow_error(doc)
+
+
+@pytest.mark.parametrize("text", ['!!set "" : 1', "{!!set a: 1}"])
+def test_unhashable_tagged_keys_are_workflow_errors(text: str) -> None:
+    with pytest.raises(plait.WorkflowError, match="must be a plain value"):
+        plait.load(text)

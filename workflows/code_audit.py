@@ -1,8 +1,20 @@
 """Audit every Python file under a directory: a fan-out/fan-in plait workflow.
 
-One tool lists the files, a sync tool reads and checks each file on a worker
-thread (parsing with ``ast``), and a reduce folds the per-file reports into a
-summary, in input order, with at most ``--concurrency`` files in flight.
+One tool lists the files; then, for each file, two checks run side by side
+(a ``Parallel`` inside the ``MapReduce``'s map step):
+
+- a sync tool reads the file and checks it with ``ast`` on a worker thread
+  (the thread bridge): size, definitions, missing docstrings, long lines;
+- the ready-made ``plait.tools.shell`` tool compiles it to bytecode in a
+  separate interpreter, a real subprocess (``python -I -W error -c
+  "compile(...)" FILE``) with warnings as errors, so that an invalid escape
+  sequence fails too. The shell tool runs at most 4 of them at once, each in
+  a temporary directory of its own that is removed afterwards; nothing is
+  written next to the audited files.
+
+A reduce folds each file's pair of results into one report, in input order,
+with at most 8 files in flight; a file that cannot be checked at all becomes
+a ``plait.Failure`` (collect mode) instead of stopping the audit.
 
 Run it from the repository root::
 
@@ -16,12 +28,14 @@ import argparse
 import ast
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 import plait
+from plait.tools import ShellResult
 
 BACKENDS = {
     "asyncio": ("asyncio", {}),
@@ -49,6 +63,40 @@ def list_python_files(root: str) -> list[str]:
     )
 
 
+_PARSE_LOCK = threading.Lock()
+Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+def _public_definitions(path: str, tree: ast.Module) -> list[Definition]:
+    """Public module-level definitions and methods of public classes.
+
+    A private module (``_name.py``) has none, and ``@overload`` stubs are
+    not definitions that need their own docstring.
+    """
+    if Path(path).name.startswith("_") and Path(path).name != "__init__.py":
+        return []
+    found: list[Definition] = []
+    for node in tree.body:
+        if not isinstance(node, Definition) or node.name.startswith("_"):
+            continue
+        found.append(node)
+        if isinstance(node, ast.ClassDef):
+            found += [
+                m
+                for m in node.body
+                if isinstance(m, Definition) and not m.name.startswith("_")
+            ]
+    return [n for n in found if not _is_overload(n)]
+
+
+def _is_overload(node: Definition) -> bool:
+    return any(
+        (isinstance(d, ast.Name) and d.id == "overload")
+        or (isinstance(d, ast.Attribute) and d.attr == "overload")
+        for d in node.decorator_list
+    )
+
+
 @plait.tool(concurrency_limit=8, timeout=10.0)
 def audit_file(path: str) -> dict[str, Any]:
     """Read one file and report its size, definitions and problems."""
@@ -56,7 +104,10 @@ def audit_file(path: str) -> dict[str, Any]:
     lines = text.splitlines()
     problems = []
     try:
-        tree = ast.parse(text, filename=path)
+        # CPython 3.11's parser is not safe to run in several threads at once
+        # (it can fail with "AST constructor recursion depth mismatch").
+        with _PARSE_LOCK:
+            tree = ast.parse(text, filename=path)
     except SyntaxError as error:
         return {
             "path": path,
@@ -70,17 +121,9 @@ def audit_file(path: str) -> dict[str, Any]:
         isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(tree)
     )
     classes = sum(isinstance(n, ast.ClassDef) for n in ast.walk(tree))
-    # Public API: module-level definitions and the methods of module-level classes.
-    public = [n for n in tree.body if isinstance(n, ast.ClassDef)]
-    public += [m for c in public for m in c.body]
-    public += tree.body
     undocumented = 0
-    for node in public:
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-            and not node.name.startswith("_")
-            and ast.get_docstring(node) is None
-        ):
+    for node in _public_definitions(path, tree):
+        if ast.get_docstring(node) is None:
             undocumented += 1
             problems.append(
                 f"line {node.lineno}: public {node.name!r} has no docstring"
@@ -100,8 +143,14 @@ def audit_file(path: str) -> dict[str, Any]:
     }
 
 
-def merge_reports(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """Fold one file's report into the running summary (a pure function)."""
+def merge_reports(summary: dict[str, Any], checks: dict[str, Any]) -> dict[str, Any]:
+    """Fold one file's two checks into the running summary (a pure function)."""
+    report: dict[str, Any] = checks["report"]
+    compiled: ShellResult = checks["compiled"]
+    problems = list(report["problems"])
+    if not compiled.ok:
+        lines = compiled.stderr.strip().splitlines() or [f"exit {compiled.returncode}"]
+        problems.append(f"does not compile with -W error: {lines[-1]}")
     return {
         "files": summary["files"] + 1,
         "lines": summary["lines"] + report["lines"],
@@ -109,8 +158,8 @@ def merge_reports(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, 
         "classes": summary["classes"] + report["classes"],
         "undocumented": summary["undocumented"] + report["undocumented"],
         "largest": max(summary["largest"], (report["lines"], report["path"])),
-        "problems": summary["problems"]
-        + [f"{report['path']}: {p}" for p in report["problems"]],
+        "compiled": summary["compiled"] + compiled.ok,
+        "problems": summary["problems"] + [f"{report['path']}: {p}" for p in problems],
     }
 
 
@@ -121,15 +170,30 @@ EMPTY = {
     "classes": 0,
     "undocumented": 0,
     "largest": (0, ""),
+    "compiled": 0,
     "problems": [],
 }
+
+# Compile in a fresh, isolated interpreter with warnings as errors. Unlike
+# `python -m py_compile`, this writes no .pyc next to the audited file.
+COMPILE_SCRIPT = (
+    "import pathlib, sys; "
+    "compile(pathlib.Path(sys.argv[1]).read_bytes(), sys.argv[1], 'exec')"
+)
+COMPILE = plait.Call(
+    "shell",
+    [sys.executable, "-I", "-W", "error", "-c", COMPILE_SCRIPT, plait.Var("path")],
+)
 
 WORKFLOW = plait.Workflow(
     plait.Sequential(
         plait.Call("list_python_files", plait.Var("root"), name="files"),
         plait.MapReduce(
             over=plait.Var("files"),
-            map=plait.Call("audit_file", plait.Var("path")),
+            map=plait.Parallel(
+                report=plait.Call("audit_file", plait.Var("path")),
+                compiled=COMPILE,
+            ),
             item="path",
             reduce="merge_reports",
             initial=plait.Lit(EMPTY),
@@ -146,7 +210,8 @@ WORKFLOW = plait.Workflow(
 def make_engine() -> plait.Engine:
     """The engine this workflow needs: its tools and its reduce function."""
     return plait.Engine(
-        tools=[list_python_files, audit_file], functions=[merge_reports]
+        tools=[list_python_files, audit_file, plait.tools.shell],
+        functions=[merge_reports],
     )
 
 
@@ -175,16 +240,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  largest: {summary['largest'][1]} ({summary['largest'][0]} lines)")
     print(f"  public definitions without a docstring: {summary['undocumented']}")
+    print(
+        f"  compiled with -W error in subprocesses: {summary['compiled']} of "
+        f"{summary['files']} files ok"
+    )
     print(f"  problems: {len(summary['problems'])}")
-    for line in summary["problems"][:10]:
+    shown = 10
+    for line in summary["problems"][:shown]:
         print(f"    {line}")
+    if len(summary["problems"]) > shown:
+        print(f"    ... and {len(summary['problems']) - shown} more (--json shows all)")
     for failure in result.failures:
         print(f"  could not audit {failure.path}: {failure.error}", file=sys.stderr)
-    stats = result.stats.tools["audit_file"]
-    print(
-        f"  audit_file: {stats.calls} calls, p50 {stats.p50 * 1000:.2f} ms, "
-        f"p95 {stats.p95 * 1000:.2f} ms, run took {result.stats.duration:.2f} s"
-    )
+    for name in ("audit_file", "shell"):
+        stats = result.stats.tools.get(name)
+        if stats is not None and stats.p50 is not None and stats.p95 is not None:
+            print(
+                f"  {name}: {stats.calls} calls, p50 {stats.p50 * 1000:.2f} ms, "
+                f"p95 {stats.p95 * 1000:.2f} ms"
+            )
+    print(f"  run took {result.stats.duration:.2f} s")
     return 1 if result.failures else 0
 
 

@@ -8,6 +8,7 @@ rate limits, timeouts and retries, and every task owned by a task group.
 
 from __future__ import annotations
 
+from . import tools
 from ._core._bridge import check_cancelled
 from ._core._engine import Engine
 from ._core._errors import (
@@ -60,6 +61,7 @@ __all__ = [
     # tools and policies
     "Tool",
     "tool",
+    "tools",
     "Retry",
     "RateLimit",
     "Limiter",

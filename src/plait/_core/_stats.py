@@ -148,7 +148,12 @@ class ToolStats:
 
 @attrs.frozen
 class RunStats:
-    """Statistics of one run: ``tools`` maps tool names to :class:`ToolStats`."""
+    """Statistics of one run: ``tools`` maps tool names to :class:`ToolStats`.
+
+    Attributes:
+        tools: the :class:`ToolStats` of every tool the run called, by name.
+        duration: seconds the run took, from its first step to its end.
+    """
 
     tools: dict[str, ToolStats]
     duration: float

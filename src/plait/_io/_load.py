@@ -679,12 +679,15 @@ class _Loader:
         for k in value:
             if k not in allowed:
                 text = k if isinstance(k, str) else ""
+                takes = (
+                    "{fn: ...} takes fn and args"
+                    if kind == "fn"
+                    else f"{{{kind}: ...}} takes no other key"
+                )
                 self.add(
                     (*loc, key_part(k)),
                     f"unknown key {k!r} in a {{{kind}: ...}} expression"
-                    f"{did_you_mean(text, allowed) if text else ''}; "
-                    f"{'{fn: ...} takes fn and args' if kind == 'fn' else f'{{{kind}: ...}} takes no other key'}; "
-                    f"{wrap}",
+                    f"{did_you_mean(text, allowed) if text else ''}; {takes}; {wrap}",
                 )
         if kind == "lit":
             return Lit(value["lit"])

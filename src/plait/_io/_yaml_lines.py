@@ -141,7 +141,15 @@ class _Walk:
             key = self.scalar(key_node, loc)
             line = _line(key_node)
             sub = (*loc, key_part(key))
-            first = seen.get(key)  # scalars construct to hashable values
+            try:
+                first = seen.get(key)
+            except TypeError:  # a tagged scalar such as `!!set` is not hashable
+                self.problems.add(
+                    loc,
+                    f"a mapping key must be a plain value, got {type(key).__name__}",
+                    line=line,
+                )
+                continue
             if first is not None:
                 self.problems.add(
                     sub,

@@ -1,0 +1,39 @@
+"""Ready-made tools for workflows.
+
+:data:`shell` runs a command as a subprocess: at most four at once per
+engine, each in a temporary working directory of its own that is removed
+afterwards, its output captured and capped, its result a
+:class:`ShellResult`. A command that times out or is cancelled is killed
+together with everything it started (its whole process group), so no
+process outlives its call. It works on asyncio, uvloop and Trio::
+
+    import plait
+
+    out = plait.run(plait.Call("shell", "echo hi"), tools=[plait.tools.shell])
+    print(out.stdout)  # hi
+
+:func:`shell_tool` makes variants with other names, limits and defaults;
+:func:`run_shell` is the same thing as a plain async function.
+"""
+
+from __future__ import annotations
+
+from .._core._errors import CommandFailed
+from ._shell import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_OUTPUT,
+    ShellResult,
+    run_shell,
+    shell,
+    shell_tool,
+)
+
+__all__ = [
+    "shell",
+    "shell_tool",
+    "run_shell",
+    "ShellResult",
+    "CommandFailed",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_OUTPUT",
+]

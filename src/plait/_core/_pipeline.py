@@ -163,6 +163,15 @@ def build_invoker(
     buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
     thread_limiter = run.thread_limiter
 
+    def note(
+        kind: EventKind,
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
+        **fields: Any,
+    ) -> None:
+        bus.emit_new(kind, fill(template, loc), tool=name, attempt=number, **fields)
+
     release = _release_all(limiters)
     sync = not tool.is_async
     only = limiters[0] if len(limiters) == 1 else None
@@ -180,12 +189,7 @@ def build_invoker(
     ) -> Any:
         def on_abandon() -> None:
             run.abandoned_threads += 1
-            bus.emit_new(
-                EventKind.THREAD_ABANDONED,
-                fill(template, loc),
-                tool=name,
-                attempt=number,
-            )
+            note(EventKind.THREAD_ABANDONED, template, loc, number)
 
         return await run_in_thread(
             fn, args, kwargs, release, thread_limiter, on_abandon
@@ -218,11 +222,11 @@ def build_invoker(
                         return
                     rate_limited = True
                     counters.rate_limited += 1
-                    bus.emit_new(
+                    note(
                         EventKind.CALL_RATE_LIMITED,
-                        fill(template, loc),
-                        tool=name,
-                        attempt=number,
+                        template,
+                        loc,
+                        number,
                         duration=seconds,
                     )
 
@@ -233,12 +237,7 @@ def build_invoker(
             else:
                 await _take_slots(lims)
             if bus.active:
-                bus.emit_new(
-                    EventKind.CALL_STARTED,
-                    fill(template, loc),
-                    tool=name,
-                    attempt=number,
-                )
+                note(EventKind.CALL_STARTED, template, loc, number)
             started = _perf()
             try:
                 work = (
@@ -264,11 +263,11 @@ def build_invoker(
                         counters.timeouts += 1
                         error = ToolTimeout(name, timeout)
                         if bus.active:
-                            bus.emit_new(
+                            note(
                                 EventKind.CALL_TIMED_OUT,
-                                fill(template, loc),
-                                tool=name,
-                                attempt=number,
+                                template,
+                                loc,
+                                number,
                                 duration=_perf() - started,
                                 error=error,
                             )
@@ -290,11 +289,11 @@ def build_invoker(
         elapsed = _perf() - started
         latency.add(elapsed)
         if bus.active:
-            bus.emit_new(
+            note(
                 EventKind.CALL_FINISHED,
-                fill(template, loc),
-                tool=name,
-                attempt=number,
+                template,
+                loc,
+                number,
                 duration=elapsed,
             )
         return result
@@ -341,11 +340,11 @@ def build_invoker(
     ) -> None:
         counters.failures += 1
         if bus.active:
-            bus.emit_new(
+            note(
                 EventKind.CALL_FAILED,
-                fill(template, loc),
-                tool=name,
-                attempt=number,
+                template,
+                loc,
+                number,
                 error=error,
             )
 
@@ -366,9 +365,7 @@ def build_invoker(
             if not lim.try_acquire():
                 await lim.acquire()
             if bus.active:
-                bus.emit_new(
-                    EventKind.CALL_STARTED, fill(template, loc), tool=name, attempt=1
-                )
+                note(EventKind.CALL_STARTED, template, loc, 1)
             started = _perf()
             try:
                 result = await fn(*args, **kwargs)
@@ -382,11 +379,11 @@ def build_invoker(
             elapsed = _perf() - started
             add_latency(elapsed)
             if bus.active:
-                bus.emit_new(
+                note(
                     EventKind.CALL_FINISHED,
-                    fill(template, loc),
-                    tool=name,
-                    attempt=1,
+                    template,
+                    loc,
+                    1,
                     duration=elapsed,
                 )
             return result
@@ -439,11 +436,11 @@ def build_invoker(
                     raise
                 counters.retries += 1
                 if bus.active:
-                    bus.emit_new(
+                    note(
                         EventKind.CALL_RETRIED,
-                        fill(template, loc),
-                        tool=name,
-                        attempt=number,
+                        template,
+                        loc,
+                        number,
                         error=error,
                         delay=delay,
                     )

@@ -366,19 +366,8 @@ class MapReduce(Step):
 
     def __repr__(self) -> str:
         parts = [f"over={self.over!r}", f"map={self.map!r}"]
-        parts += _fmt_opts(
-            self,
-            (
-                "reduce",
-                "initial",
-                "max_concurrency",
-                "ordered",
-                "item",
-                "on_error",
-                "name",
-                "timeout",
-            ),
-        )
+        options = tuple(f.name for f in attrs.fields(MapReduce))[2:]
+        parts += _fmt_opts(self, options)
         return f"MapReduce({', '.join(parts)})"
 
 

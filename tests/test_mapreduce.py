@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -732,3 +733,53 @@ async def test_generators_behind_iterables_are_closed_when_the_step_stops_early(
                 MapReduce(Var("s"), "boom", max_concurrency=2), {"s": source}
             )
     assert closed == ["sync", "async"]
+
+
+async def test_map_workers_do_not_starve_other_calls_of_engine_slots() -> None:
+    # A map of quick calls keeps its engine slots between elements only while
+    # nobody else waits for one: a call elsewhere gets a slot within an
+    # element or two, not at the map's next periodic checkpoint.
+    calls = 0
+    calls_before_other: list[int] = []
+
+    @plait.tool
+    async def quick(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    @plait.tool
+    async def other() -> str:
+        calls_before_other.append(calls)
+        return "done"
+
+    engine = plait.Engine(tools=[quick, other], max_concurrency=2)
+    wf = Parallel(
+        MapReduce(Var("xs"), "quick", reduce=operator.add, max_concurrency=2),
+        Sequential(Call("quick", 0), Call("other")),
+    )
+    total, done = await engine.run(wf, {"xs": range(1_000)})
+    assert (total, done) == (sum(range(1_000)), "done")
+    assert calls_before_other[0] <= 8
+
+
+async def test_a_subscriber_joining_mid_map_sees_the_remaining_calls() -> None:
+    seen: list[plait.Event] = []
+    engine_box: list[plait.Engine] = []
+
+    @plait.tool
+    async def work(x: int) -> int:
+        if x == 50:
+            engine_box[0].subscribe(seen.append)
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    engine = plait.Engine(tools=[work])
+    engine_box.append(engine)
+    out = await engine.run(
+        MapReduce(Var("xs"), "work", max_concurrency=1), {"xs": range(100)}
+    )
+    assert out == list(range(100))
+    finished = [e for e in seen if e.kind is plait.EventKind.CALL_FINISHED]
+    assert [e.path for e in finished] == [f"map[{i}]" for i in range(51, 100)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -26,10 +27,18 @@ import attrs
 
 from ._errors import StepFailed, StepTimeout, WorkflowError
 from ._events import EventKind
-from ._expr import Evaluator, compile_expr, did_you_mean
+from ._expr import Evaluator, Var, compile_expr, did_you_mean
 from ._groups import collapse
+from ._limits import Limiter
 from ._paths import child, fill, index, key
-from ._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
+from ._pipeline import (
+    DirectCall,
+    Invoker,
+    RunContext,
+    ToolRuntime,
+    build_invoker,
+    direct_call,
+)
 from ._results import Failure
 from ._steps import Call, MapReduce, Parallel, Sequential, Step
 
@@ -38,6 +47,8 @@ __all__ = ["Compiler", "Node", "to_failure"]
 Scope = dict[str, Any]
 Node = Callable[[Scope, tuple[int, ...]], Awaitable[Any]]
 ToolLookup = Callable[[Call, str], ToolRuntime]
+
+_perf = time.perf_counter
 
 # How many elements past the next one to fold an ordered reduce may pull,
 # as a multiple of the map's concurrency.
@@ -244,6 +255,25 @@ class Compiler:
         return parallel
 
     # -- MapReduce -----------------------------------------------------------
+    def _direct(self, step: MapReduce) -> DirectCall | None:
+        """The map step as a :class:`DirectCall`, when it is that simple.
+
+        That is ``Call(tool, Var(item))`` with a trivial pipeline, and no
+        subscriber for step events (whose hooks a direct call would skip).
+        """
+        call = step.map
+        if (
+            self.run.events.active
+            or not isinstance(call, Call)
+            or call.kwargs
+            or call.args != (Var(step.item),)
+        ):
+            return None
+        rt = self.tools(call, "")
+        timeout = call.timeout if call.timeout is not None else rt.tool.timeout
+        retry = call.retry if call.retry is not None else rt.tool.retry
+        return direct_call(rt, self.run, timeout=timeout, retry=retry)
+
     def _map_reduce(self, step: MapReduce, template: str, env: frozenset[str]) -> Node:
         over_at = child(template, "over")
         reduce_at = child(template, "reduce")
@@ -279,6 +309,7 @@ class Compiler:
             over_template=over_at,
             reduce_template=reduce_at,
             failures=self.run.failures,
+            direct=self._direct(step),
         )
 
         async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:
@@ -332,6 +363,34 @@ class _MapSpec:
     over_template: str
     reduce_template: str
     failures: list[Failure]
+    direct: DirectCall | None
+
+
+class _Lease:
+    """An engine slot a map worker keeps between direct calls.
+
+    Keeping the slot saves two lock operations per element; it is dropped as
+    soon as anyone else waits for a slot, and whenever the worker is about to
+    wait for something other than its tool (input, the reduce window, a
+    checkpoint), so a held slot always means a call in flight or about to
+    start.
+    """
+
+    __slots__ = ("held", "limiter")
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.held = False
+
+    async def take(self) -> None:
+        if not self.limiter.try_acquire():
+            await self.limiter.acquire()
+        self.held = True
+
+    def drop(self) -> None:
+        if self.held:
+            self.held = False
+            self.limiter.release()
 
 
 class _MapRun:
@@ -445,6 +504,18 @@ class _MapRun:
             await self.window_open.wait()
 
     async def worker(self) -> None:
+        """Pull elements and run the map step on each until the input ends."""
+        direct = self.spec.direct
+        if direct is None:
+            await self._work(None)
+            return
+        lease = _Lease(direct.limiter)
+        try:
+            await self._work(lease)
+        finally:
+            lease.drop()
+
+    async def _work(self, lease: _Lease | None) -> None:
         spec = self.spec
         scope = self.scope
         loc = self.loc
@@ -455,9 +526,18 @@ class _MapRun:
         results = self.results
         sync_iter = self.sync_iter
         windowed = self.window != math.inf
+        direct = spec.direct
+        if direct is not None:
+            fn = direct.fn
+            counters = direct.counters
+            add_latency = counters.latency.add
+            bus = direct.bus
+            limiter = direct.limiter
         since_checkpoint = 0
         while not self.exhausted:
             if windowed and self.pulled >= self.next_fold + self.window:
+                if lease is not None:
+                    lease.drop()
                 await self._wait_for_window()
             if sync_iter is not None:
                 # Inline: a coroutine call per element would cost as much as
@@ -468,6 +548,8 @@ class _MapRun:
                     self._input_ended(error)
                     return
             else:
+                if lease is not None:
+                    lease.drop()
                 ok, element = await self._pull()
                 if not ok:
                     return
@@ -475,16 +557,40 @@ class _MapRun:
             self.pulled = i + 1
             if keep:
                 results.append(None)
-            item_scope = scope.copy()
-            item_scope[item] = element
             here = (*loc, i) if loc else (i,)
-            try:
-                value = await map_node(item_scope, here)
-            except Exception as error:
-                if not collect:
-                    raise
-                value = to_failure(error, fill(spec.item_template, here))
-                spec.failures.append(value)
+            if lease is not None and not bus.active:
+                # The map step is Call(tool, Var(item)) with nothing around
+                # the call: do it here, with no coroutine layer in between.
+                counters.calls += 1
+                if not lease.held:
+                    await lease.take()
+                started = _perf()
+                try:
+                    value = await fn(element)
+                except Exception as error:
+                    lease.drop()
+                    path = fill(spec.item_template, here)
+                    direct.failed(path, error)  # type: ignore[union-attr]
+                    if not collect:
+                        raise StepFailed(path, error) from error
+                    value = Failure(error, path)
+                    spec.failures.append(value)
+                else:
+                    add_latency(_perf() - started)
+                    if limiter.waiting:
+                        lease.drop()
+            else:
+                if lease is not None:
+                    lease.drop()
+                item_scope = scope.copy()
+                item_scope[item] = element
+                try:
+                    value = await map_node(item_scope, here)
+                except Exception as error:
+                    if not collect:
+                        raise
+                    value = to_failure(error, fill(spec.item_template, here))
+                    spec.failures.append(value)
             if keep:
                 results[i] = value
             else:
@@ -492,6 +598,8 @@ class _MapRun:
             since_checkpoint += 1
             if since_checkpoint >= CHECKPOINT_EVERY:
                 since_checkpoint = 0
+                if lease is not None:
+                    lease.drop()
                 await anyio.lowlevel.checkpoint()
 
     def _deliver(self, i: int, value: Any) -> None:

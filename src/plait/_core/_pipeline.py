@@ -34,7 +34,14 @@ from ._retry import Retry
 from ._stats import ToolCounters
 from ._tools import Tool
 
-__all__ = ["Invoker", "RunContext", "ToolRuntime", "build_invoker"]
+__all__ = [
+    "DirectCall",
+    "Invoker",
+    "RunContext",
+    "ToolRuntime",
+    "build_invoker",
+    "direct_call",
+]
 
 # (args, kwargs, path template, element indexes) -> result
 Invoker = Callable[
@@ -134,6 +141,55 @@ def _release_all(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
             lim.release()
 
     return release
+
+
+@attrs.frozen(eq=False)
+class DirectCall:
+    """What a map worker needs to call a plain tool itself, with no pipeline.
+
+    Only for an async tool with no retry, timeout, rate limit, own limit or
+    middleware: then the pipeline is just "hold an engine slot, call, count",
+    which a ``MapReduce`` worker can do inline, keeping its slot from one
+    element to the next while nobody else waits for one (see
+    :meth:`plait._core._interpret._MapRun.worker`).
+    """
+
+    fn: Callable[..., Awaitable[Any]]
+    limiter: Limiter
+    counters: ToolCounters
+    bus: EventBus
+    name: str
+
+    def failed(self, path: str, error: Exception) -> None:
+        """Count a failed call and report it."""
+        self.counters.failures += 1
+        self.bus.emit_new(
+            EventKind.CALL_FAILED, path, tool=self.name, attempt=1, error=error
+        )
+
+
+def direct_call(
+    rt: ToolRuntime,
+    run: RunContext,
+    *,
+    timeout: float | None,
+    retry: Retry | None,
+) -> DirectCall | None:
+    """A :class:`DirectCall` when the tool's pipeline would be trivial, else None."""
+    tool = rt.tool
+    if (
+        not tool.is_async
+        or timeout is not None
+        or retry is not None
+        or run.middleware
+        or rt.limiter is not None
+        or rt.bucket is not None
+        or run.engine_bucket is not None
+    ):
+        return None
+    return DirectCall(
+        tool.fn, run.engine_limiter, run.counters_for(tool.name), run.events, tool.name
+    )
 
 
 def build_invoker(

@@ -837,3 +837,41 @@ def test_engine_rejects_bad_limits() -> None:
             plait.Engine(max_concurrency=bad)  # type: ignore[arg-type]
         with pytest.raises(plait.WorkflowError, match="concurrency_limit"):
             plait.tool(concurrency_limit=bad)(lambda: None)  # type: ignore[arg-type]
+
+
+def test_a_grant_racing_a_cancelled_waiter_and_a_closed_loop_returns_the_slot_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Thread T grants the async waiter, then wakes it slowly; meanwhile the
+    # waiter is cancelled and its loop closes, so the wake-up fails. The slot
+    # must come back exactly once.
+    from plait._core import _wakeup
+
+    wake = _wakeup.AsyncWaiter.wake
+
+    def slow_wake(self: _wakeup.AsyncWaiter) -> bool:
+        if threading.get_ident() != self._thread:
+            time.sleep(0.5)
+        return wake(self)
+
+    monkeypatch.setattr(_wakeup.AsyncWaiter, "wake", slow_wake)
+    lim = plait.Limiter(1, "x")
+    lim.acquire_blocking()
+
+    def releaser() -> None:
+        time.sleep(0.2)
+        lim.release()
+
+    t = threading.Thread(target=releaser)
+    t.start()
+
+    async def cancelled_waiter() -> None:
+        with anyio.move_on_after(0.3):
+            await lim.acquire()
+
+    anyio.run(cancelled_waiter)
+    lim.acquire_blocking()  # a new, legitimate holder
+    t.join()
+    assert lim.borrowed == 1
+    assert not lim.try_acquire()
+    lim.release()

@@ -783,3 +783,79 @@ async def test_a_subscriber_joining_mid_map_sees_the_remaining_calls() -> None:
     assert out == list(range(100))
     finished = [e for e in seen if e.kind is plait.EventKind.CALL_FINISHED]
     assert [e.path for e in finished] == [f"map[{i}]" for i in range(51, 100)]
+
+
+async def test_no_element_is_pulled_after_over_failed() -> None:
+    # An iterator (not a generator) may go on after raising; once `over`
+    # failed, no worker pulls from it again, even one waiting on the window.
+    class Flaky:
+        def __init__(self) -> None:
+            self.i = 0
+
+        def __iter__(self) -> Flaky:
+            return self
+
+        def __next__(self) -> int:
+            i = self.i
+            self.i += 1
+            if i == 4:
+                raise RuntimeError("bad record")
+            if i > 9:
+                raise StopIteration
+            return i
+
+    mapped: list[int] = []
+
+    @plait.tool
+    async def work(x: int) -> int:
+        mapped.append(x)
+        await anyio.sleep(0.2 if x == 0 else 0.001)
+        return x
+
+    engine = plait.Engine(tools=[work])
+    result = await engine.execute(
+        MapReduce(
+            Var("xs"),
+            "work",
+            reduce=operator.add,
+            max_concurrency=2,
+            on_error="collect",
+        ),
+        {"xs": Flaky()},
+    )
+    assert sorted(mapped) == [0, 1, 2, 3]
+    assert result.output == 6
+    assert [f.path for f in result.failures] == ["over"]
+
+
+async def test_collected_over_and_reduce_failures_are_step_failed_events() -> None:
+    @plait.tool
+    async def same(x: int) -> int:
+        return x
+
+    def bad_add(a: int, b: int) -> int:
+        if b == 2:
+            raise KeyError("reduce broke")
+        return a + b
+
+    def gen() -> Iterator[int]:
+        yield 1
+        yield 2
+        yield 3
+        raise RuntimeError("over broke")
+
+    engine = plait.Engine(tools=[same])
+    failed: list[tuple[str, type[BaseException]]] = []
+    engine.subscribe(
+        lambda e: (
+            failed.append((e.path, type(e.error)))
+            if e.kind is plait.EventKind.STEP_FAILED and e.error is not None
+            else None
+        )
+    )
+    result = await engine.execute(
+        MapReduce(Var("xs"), "same", reduce=bad_add, on_error="collect"), {"xs": gen()}
+    )
+    assert result.output == 4
+    assert [f.path for f in result.failures] == ["reduce", "over"]
+    assert failed == [("reduce", KeyError), ("over", RuntimeError)]

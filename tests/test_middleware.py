@@ -365,3 +365,22 @@ def test_keyed_rate_limit_rejects_a_bad_spec() -> None:
 def test_non_callable_middleware_is_a_config_error() -> None:
     with pytest.raises(plait.ConfigError, match="middleware"):
         plait.Engine(middleware=["log"])  # type: ignore[list-item]
+
+
+async def test_the_same_keyed_limit_or_rate_limit_twice_is_taken_once() -> None:
+    limits = plait.LimiterRegistry()
+    limits.set_limit("echo", 1)
+    keyed = plait.KeyedLimit(limits)
+    paced = plait.KeyedRateLimit(plait.RateLimit(100, burst=1))
+
+    @plait.tool
+    async def echo(x: int) -> int:
+        return x
+
+    engine = plait.Engine(tools=[echo], middleware=[keyed, keyed, paced, paced])
+    with anyio.fail_after(5):
+        out = await engine.run(
+            plait.MapReduce(plait.Var("xs"), "echo"), {"xs": range(3)}
+        )
+    assert out == [0, 1, 2]
+    assert limits.in_use("echo") == 0

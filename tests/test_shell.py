@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
@@ -405,3 +406,22 @@ kwargs: {check: true}
     workflow = plait.Workflow(plait.Call(shell, "echo hi"))
     assert plait.load(plait.dump(workflow)) == workflow
     assert plait.run(loaded, tools=[shell]).stdout == "hi\n"
+
+
+async def test_background_jobs_die_when_a_cancellation_lands_just_after_the_command_exits(
+    tmp_path: Path,
+) -> None:
+    # The command exits at 0.2 s but the loop is busy until 0.6 s, so the
+    # caller's 0.3 s deadline is already past when the exit is noticed.
+    child_pid = tmp_path / "child.pid"
+    command = f"sleep 30 & echo $! > {shlex.quote(str(child_pid))}; sleep 0.2"
+
+    async def hog_the_loop() -> None:
+        await anyio.sleep(0.1)
+        time.sleep(0.5)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hog_the_loop)
+        with anyio.move_on_after(0.3):
+            await run_shell(command)
+    await wait_gone(await read_pid(child_pid))

@@ -26,7 +26,7 @@ import anyio.lowlevel
 import attrs
 
 from ._errors import StepFailed, StepTimeout, WorkflowError
-from ._events import EventKind
+from ._events import EventBus, EventKind
 from ._expr import Evaluator, Var, compile_expr, did_you_mean
 from ._groups import collapse
 from ._limits import Limiter
@@ -309,6 +309,7 @@ class Compiler:
             over_template=over_at,
             reduce_template=reduce_at,
             failures=self.run.failures,
+            events=self.run.events,
             direct=self._direct(step),
         )
 
@@ -363,6 +364,7 @@ class _MapSpec:
     over_template: str
     reduce_template: str
     failures: list[Failure]
+    events: EventBus
     direct: DirectCall | None
 
 
@@ -494,6 +496,9 @@ class _MapRun:
             raise StepFailed(path, error) from error
         failure = Failure(error, path)
         self.spec.failures.append(failure)
+        self.spec.events.emit_new(
+            EventKind.STEP_FAILED, path, step="MapReduce", error=error
+        )
         if self.spec.reduce_fn is None:
             self.results.append(failure)
 
@@ -539,6 +544,8 @@ class _MapRun:
                 if lease is not None:
                     lease.drop()
                 await self._wait_for_window()
+                if self.exhausted:  # another worker met the end meanwhile
+                    return
             if sync_iter is not None:
                 # Inline: a coroutine call per element would cost as much as
                 # the rest of this loop.
@@ -633,3 +640,6 @@ class _MapRun:
             if not self.spec.collect:
                 raise StepFailed(path, error) from error
             self.spec.failures.append(Failure(error, path))
+            self.spec.events.emit_new(
+                EventKind.STEP_FAILED, path, step="MapReduce", error=error
+            )

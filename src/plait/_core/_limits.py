@@ -14,6 +14,7 @@ polled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import deque
@@ -152,19 +153,38 @@ class Limiter:
         for waiter in woken:
             if not waiter.wake():
                 # Its event loop is gone: it will never use the slot.
-                self.release()
+                self._give_back(waiter)
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        """Return the slot granted to ``waiter``, once, whoever asks first.
+
+        Both the waiter (cancelled after the grant) and the granting thread
+        (whose wake-up found the waiter's loop closed) may try; the
+        ``granted`` flag, changed only under the lock, lets one of them.
+        """
+        with self._lock:
+            if not waiter.granted:
+                return
+            waiter.granted = False
+            self._borrowed -= 1
+            woken = self._grant_locked()
+        self._wake(woken)
 
     def _abandon(self, waiter: _Waiter) -> None:
         with self._lock:
-            if waiter.granted:
-                self._borrowed -= 1
-                woken = self._grant_locked()
-            else:
-                self._waiters.remove(waiter)
+            if not waiter.granted:
+                with contextlib.suppress(ValueError):  # given back already
+                    self._waiters.remove(waiter)
                 # A waiter leaving the head of the queue may unblock others
                 # (after the total was raised, say).
                 woken = self._grant_locked()
-        self._wake(woken)
+                granted = False
+            else:
+                granted = True
+        if granted:
+            self._give_back(waiter)
+        else:
+            self._wake(woken)
 
 
 class LimiterRegistry:

@@ -267,8 +267,10 @@ def build_invoker(
             lims = limiters
             bks = buckets
             if extra_limiters or extra_buckets:
-                lims += extra_limiters
-                bks += extra_buckets
+                # The same limiter or bucket twice (one middleware listed
+                # twice, a key equal to a tool's own) is taken once.
+                lims = tuple(dict.fromkeys(lims + extra_limiters))
+                bks = tuple(dict.fromkeys(bks + extra_buckets))
             if bks:
                 rate_limited = False
 

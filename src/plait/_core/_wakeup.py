@@ -60,11 +60,11 @@ class AsyncWaiter:
 
     def wake(self) -> bool:
         """Wake the task; False if its loop is gone and it never will wake."""
-        if threading.get_ident() == self._thread:
-            self._event.set()
-            return True
         try:
-            self._schedule(self._event.set)
+            if threading.get_ident() == self._thread:
+                self._event.set()
+            else:
+                self._schedule(self._event.set)
         except Exception:  # the loop has closed (RuntimeError, RunFinishedError)
             return False
         return True

@@ -235,6 +235,7 @@ async def _run(
         env=env,
         start_new_session=True,
     )
+    killed = False
     try:
         assert process.stdout is not None
         assert process.stderr is not None
@@ -248,13 +249,16 @@ async def _run(
             # Whatever the command left running would outlive the call and
             # keep the pipes open; it goes with the command.
             _kill_group(process)
+            killed = True
         return returncode
     finally:
         # Cancelled, timed out or failed: kill the whole group, then reap
         # the command, shielded so that the cancellation cannot cut the
-        # cleanup short.
+        # cleanup short. The group is killed even when the command itself
+        # has exited (a cancellation can land just after it did): what it
+        # started in the background must not outlive the call.
         with anyio.move_on_after(_REAP_TIMEOUT, shield=True):
-            if process.returncode is None:
+            if not killed:
                 _kill_group(process)
             await process.aclose()
 

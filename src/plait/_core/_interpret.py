@@ -537,7 +537,9 @@ class _MapRun:
             counters = direct.counters
             add_latency = counters.latency.add
             bus = direct.bus
-            limiter = direct.limiter
+            # The limiter's queue itself: its truth is the cheapest "does
+            # anyone wait?" (read-only here; the limiter changes it).
+            queue = direct.limiter._waiters
         since_checkpoint = 0
         while not self.exhausted:
             if windowed and self.pulled >= self.next_fold + self.window:
@@ -564,7 +566,6 @@ class _MapRun:
             self.pulled = i + 1
             if keep:
                 results.append(None)
-            here = (*loc, i) if loc else (i,)
             if lease is not None and not bus.active:
                 # The map step is Call(tool, Var(item)) with nothing around
                 # the call: do it here, with no coroutine layer in between.
@@ -576,7 +577,7 @@ class _MapRun:
                     value = await fn(element)
                 except Exception as error:
                     lease.drop()
-                    path = fill(spec.item_template, here)
+                    path = fill(spec.item_template, (*loc, i))
                     direct.failed(path, error)  # type: ignore[union-attr]
                     if not collect:
                         raise StepFailed(path, error) from error
@@ -584,11 +585,12 @@ class _MapRun:
                     spec.failures.append(value)
                 else:
                     add_latency(_perf() - started)
-                    if limiter.waiting:
+                    if queue:
                         lease.drop()
             else:
                 if lease is not None:
                     lease.drop()
+                here = (*loc, i) if loc else (i,)
                 item_scope = scope.copy()
                 item_scope[item] = element
                 try:

@@ -13,34 +13,27 @@ import attrs
 
 __all__ = ["LatencyHistogram", "RunStats", "ToolCounters", "ToolStats"]
 
-# A latency's bucket comes from its binary exponent and the top bits of its
-# mantissa (math.frexp, a single C call): _SUB buckets per doubling, so a
-# bucket is 0.8-1.6% of the value wide, between 2**_EXP_MIN s (about 1 ns)
-# and 2**_EXP_MAX s (about 12 days).
-_SUB = 64
-_EXP_MIN = -30
-_EXP_MAX = 20
-_BUCKETS = (_EXP_MAX - _EXP_MIN) * _SUB
-_SUB2 = 2 * _SUB
-_frexp = math.frexp
+# A latency's bucket is floor(log2(seconds) * _PER_DOUBLING), shifted so that
+# 2**_LOG_MIN s (about 1 ns) is bucket 0: 64 buckets per doubling, each 1.1%
+# wide, up to 2**_LOG_MAX s (about 12 days); anything outside goes to the
+# first or the last bucket.
+_PER_DOUBLING = 64
+_LOG_MIN = -30
+_LOG_MAX = 20
+_BUCKETS = (_LOG_MAX - _LOG_MIN) * _PER_DOUBLING
+_SHIFT = float(-_LOG_MIN * _PER_DOUBLING)
+_SMALLEST = 2.0**_LOG_MIN
+_log2 = math.log2
 
 
 def _bucket(seconds: float) -> int:
-    if seconds <= 0.0:
+    if seconds <= _SMALLEST:
         return 0
-    mantissa, exponent = math.frexp(seconds)
-    if exponent <= _EXP_MIN:
-        return 0
-    if exponent > _EXP_MAX:
-        return _BUCKETS - 1
-    return (exponent - _EXP_MIN - 1) * _SUB + int((mantissa - 0.5) * (2 * _SUB))
+    return min(_BUCKETS - 1, int(_log2(seconds) * _PER_DOUBLING + _SHIFT))
 
 
 def _bucket_middle(k: int) -> float:
-    exponent, sub = divmod(k, _SUB)
-    low = math.ldexp(0.5 + sub / (2 * _SUB), exponent + _EXP_MIN + 1)
-    high = math.ldexp(0.5 + (sub + 1) / (2 * _SUB), exponent + _EXP_MIN + 1)
-    return (low + high) / 2
+    return math.pow(2.0, (k + 0.5 - _SHIFT) / _PER_DOUBLING)
 
 
 class LatencyHistogram:
@@ -58,14 +51,13 @@ class LatencyHistogram:
         self.count += 1
         self.total += seconds
         # _bucket() inlined for the common case: this runs once per call.
-        if seconds > 0.0:
-            mantissa, exponent = _frexp(seconds)
-            if _EXP_MIN < exponent <= _EXP_MAX:
-                self.counts[
-                    (exponent - _EXP_MIN - 1) * _SUB + int((mantissa - 0.5) * _SUB2)
-                ] += 1
-                return
-        self.counts[_bucket(seconds)] += 1
+        if seconds > _SMALLEST:
+            try:
+                self.counts[int(_log2(seconds) * _PER_DOUBLING + _SHIFT)] += 1
+            except IndexError:  # beyond 2**_LOG_MAX seconds
+                self.counts[-1] += 1
+        else:
+            self.counts[0] += 1
 
     def percentile(self, q: float) -> float | None:
         """The ``q``-th percentile (0-100), or None with no data.

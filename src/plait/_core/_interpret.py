@@ -511,16 +511,9 @@ class _MapRun:
     async def worker(self) -> None:
         """Pull elements and run the map step on each until the input ends."""
         direct = self.spec.direct
-        if direct is None:
-            await self._work(None)
-            return
-        lease = _Lease(direct.limiter)
-        try:
-            await self._work(lease)
-        finally:
-            lease.drop()
-
-    async def _work(self, lease: _Lease | None) -> None:
+        # Not a helper coroutine: every await of the tool would pass through
+        # one more frame.
+        lease = None if direct is None else _Lease(direct.limiter)
         spec = self.spec
         scope = self.scope
         loc = self.loc
@@ -531,7 +524,6 @@ class _MapRun:
         results = self.results
         sync_iter = self.sync_iter
         windowed = self.window != math.inf
-        direct = spec.direct
         if direct is not None:
             fn = direct.fn
             counters = direct.counters
@@ -541,75 +533,79 @@ class _MapRun:
             # anyone wait?" (read-only here; the limiter changes it).
             queue = direct.limiter._waiters
         since_checkpoint = 0
-        while not self.exhausted:
-            if windowed and self.pulled >= self.next_fold + self.window:
-                if lease is not None:
-                    lease.drop()
-                await self._wait_for_window()
-                if self.exhausted:  # another worker met the end meanwhile
-                    return
-            if sync_iter is not None:
-                # Inline: a coroutine call per element would cost as much as
-                # the rest of this loop.
-                try:
-                    element = next(sync_iter)
-                except Exception as error:
-                    self._input_ended(error)
-                    return
-            else:
-                if lease is not None:
-                    lease.drop()
-                ok, element = await self._pull()
-                if not ok:
-                    return
-            i = self.pulled
-            self.pulled = i + 1
-            if keep:
-                results.append(None)
-            if lease is not None and not bus.active:
-                # The map step is Call(tool, Var(item)) with nothing around
-                # the call: do it here, with no coroutine layer in between.
-                counters.calls += 1
-                if not lease.held:
-                    await lease.take()
-                started = _perf()
-                try:
-                    value = await fn(element)
-                except Exception as error:
-                    lease.drop()
-                    path = fill(spec.item_template, (*loc, i))
-                    direct.failed(path, error)  # type: ignore[union-attr]
-                    if not collect:
-                        raise StepFailed(path, error) from error
-                    value = Failure(error, path)
-                    spec.failures.append(value)
-                else:
-                    add_latency(_perf() - started)
-                    if queue:
+        try:
+            while not self.exhausted:
+                if windowed and self.pulled >= self.next_fold + self.window:
+                    if lease is not None:
                         lease.drop()
-            else:
-                if lease is not None:
-                    lease.drop()
-                here = (*loc, i) if loc else (i,)
-                item_scope = scope.copy()
-                item_scope[item] = element
-                try:
-                    value = await map_node(item_scope, here)
-                except Exception as error:
-                    if not collect:
-                        raise
-                    value = to_failure(error, fill(spec.item_template, here))
-                    spec.failures.append(value)
-            if keep:
-                results[i] = value
-            else:
-                self._deliver(i, value)
-            since_checkpoint += 1
-            if since_checkpoint >= CHECKPOINT_EVERY:
-                since_checkpoint = 0
-                if lease is not None:
-                    lease.drop()
-                await anyio.lowlevel.checkpoint()
+                    await self._wait_for_window()
+                    if self.exhausted:  # another worker met the end meanwhile
+                        return
+                if sync_iter is not None:
+                    # Inline: a coroutine call per element would cost as much as
+                    # the rest of this loop.
+                    try:
+                        element = next(sync_iter)
+                    except Exception as error:
+                        self._input_ended(error)
+                        return
+                else:
+                    if lease is not None:
+                        lease.drop()
+                    ok, element = await self._pull()
+                    if not ok:
+                        return
+                i = self.pulled
+                self.pulled = i + 1
+                if keep:
+                    results.append(None)
+                if lease is not None and not bus.active:
+                    # The map step is Call(tool, Var(item)) with nothing around
+                    # the call: do it here, with no coroutine layer in between.
+                    counters.calls += 1
+                    if not lease.held:
+                        await lease.take()
+                    started = _perf()
+                    try:
+                        value = await fn(element)
+                    except Exception as error:
+                        lease.drop()
+                        path = fill(spec.item_template, (*loc, i))
+                        direct.failed(path, error)  # type: ignore[union-attr]
+                        if not collect:
+                            raise StepFailed(path, error) from error
+                        value = Failure(error, path)
+                        spec.failures.append(value)
+                    else:
+                        add_latency(_perf() - started)
+                        if queue:
+                            lease.drop()
+                else:
+                    if lease is not None:
+                        lease.drop()
+                    here = (*loc, i) if loc else (i,)
+                    item_scope = scope.copy()
+                    item_scope[item] = element
+                    try:
+                        value = await map_node(item_scope, here)
+                    except Exception as error:
+                        if not collect:
+                            raise
+                        value = to_failure(error, fill(spec.item_template, here))
+                        spec.failures.append(value)
+                if keep:
+                    results[i] = value
+                else:
+                    self._deliver(i, value)
+                since_checkpoint += 1
+                if since_checkpoint >= CHECKPOINT_EVERY:
+                    since_checkpoint = 0
+                    if lease is not None:
+                        lease.drop()
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            if lease is not None:
+                lease.drop()
 
     def _deliver(self, i: int, value: Any) -> None:
         if not self.spec.ordered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -160,4 +161,17 @@ def test_invalid_documents_fail_the_schema_and_load(why: str, doc: object) -> No
 @given(workflows())
 def test_every_dumped_workflow_passes_the_schema(workflow: plait.Workflow) -> None:
     doc = json.loads(plait.dump(workflow, "json"))
+    assert errors(doc) == []
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.yaml"))
+
+
+def test_there_are_example_workflow_files() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_example_workflows_validate_against_the_schema(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert errors(doc) == []

@@ -12,7 +12,7 @@ import anyio
 from ._errors import ConfigError, StepFailed, StepTimeout, UnknownTool, WorkflowError
 from ._events import EventBus, Subscriber, Subscription
 from ._expr import did_you_mean
-from ._groups import collapse
+from ._groups import raise_collapsed
 from ._interpret import Compiler, to_failure
 from ._limits import Limiter, LimiterRegistry
 from ._middleware import Middleware
@@ -248,15 +248,12 @@ class Engine:
             run, self._call_lookup, self._functions, self.max_concurrency
         ).compile(step, "", frozenset(scope))
         started = time.perf_counter()
+        until = math.inf if deadline is None else anyio.current_time() + deadline
         try:
-            if deadline is None:
+            with anyio.CancelScope(deadline=until) as cancel:
                 output = await root(scope, ())
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + deadline):
-                    output = await root(scope, ())
-                    return RunResult(
-                        output, tuple(run.failures), self._stats(run, started)
-                    )
+            if cancel.cancelled_caught:
+                assert deadline is not None  # nothing else cancels this scope
                 raise StepTimeout("", deadline, deadline=True)
             return RunResult(output, tuple(run.failures), self._stats(run, started))
         finally:
@@ -377,9 +374,7 @@ class Engine:
                     for i in range(len(prepared)):
                         tg.start_soon(one, i)
             except BaseExceptionGroup as group:
-                raised = collapse(group)
-                # Keep a StepFailed's cause: `from None` would erase it.
-                raise raised from raised.__cause__
+                raise_collapsed(group)
             return results
         finally:
             self.abandoned_threads += run.abandoned_threads

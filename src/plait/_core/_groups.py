@@ -10,10 +10,11 @@ made only of cancellations is left alone for the enclosing cancel scope.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NoReturn
 
 import anyio
 
-__all__ = ["collapse", "leaves"]
+__all__ = ["collapse", "leaves", "raise_collapsed"]
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -39,3 +40,13 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if len(errors) == 1:
         return errors[0]
     return ExceptionGroup(f"{len(errors)} steps failed", errors)
+
+
+def raise_collapsed(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise :func:`collapse` of ``group``, keeping a ``StepFailed``'s cause.
+
+    Call it in the ``except BaseExceptionGroup`` clause around a task group
+    (``raise ... from None`` would erase the cause).
+    """
+    raised = collapse(group)
+    raise raised from raised.__cause__

@@ -28,7 +28,7 @@ import attrs
 from ._errors import StepFailed, StepTimeout, WorkflowError
 from ._events import EventBus, EventKind
 from ._expr import Evaluator, Var, compile_expr, did_you_mean
-from ._groups import collapse
+from ._groups import raise_collapsed
 from ._limits import Limiter
 from ._paths import child, fill, index, key
 from ._pipeline import (
@@ -245,9 +245,7 @@ class Compiler:
                         tg.start_soon(branch, i)
                     await branch(0)
             except BaseExceptionGroup as group:
-                raised = collapse(group)
-                # Keep a StepFailed's cause: `from None` would erase it.
-                raise raised from raised.__cause__
+                raise_collapsed(group)
             if names is None:
                 return results
             return dict(zip(names, results, strict=True))
@@ -452,9 +450,7 @@ class _MapRun:
                             tg.start_soon(self.worker)
                         await self.worker()
                 except BaseExceptionGroup as group:
-                    raised = collapse(group)
-                    # Keep a StepFailed's cause: `from None` would erase it.
-                    raise raised from raised.__cause__
+                    raise_collapsed(group)
         finally:
             await self._close_source()
         if spec.reduce_fn is None:

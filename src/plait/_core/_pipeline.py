@@ -162,10 +162,20 @@ class DirectCall:
 
     def failed(self, path: str, error: Exception) -> None:
         """Count a failed call and report it."""
-        self.counters.failures += 1
-        self.bus.emit_new(
-            EventKind.CALL_FAILED, path, tool=self.name, attempt=1, error=error
-        )
+        _report_failure(self.counters, self.bus, self.name, path, 1, error)
+
+
+def _report_failure(
+    counters: ToolCounters,
+    bus: EventBus,
+    tool: str,
+    path: str,
+    attempt: int,
+    error: Exception,
+) -> None:
+    """Count a call that failed after its last attempt, and report it."""
+    counters.failures += 1
+    bus.emit_new(EventKind.CALL_FAILED, path, tool=tool, attempt=attempt, error=error)
 
 
 def direct_call(
@@ -396,20 +406,12 @@ def build_invoker(
     def failed(
         template: str, loc: tuple[int, ...], number: int, error: Exception
     ) -> None:
-        counters.failures += 1
-        if bus.active:
-            note(
-                EventKind.CALL_FAILED,
-                template,
-                loc,
-                number,
-                error=error,
-            )
+        _report_failure(counters, bus, name, fill(template, loc), number, error)
 
-    if single and not sync and not buckets and timeout is None and only is not None:
-        # The common case (an async tool under one limit, no retry, timeout,
-        # rate limit or middleware) gets an attempt with every other layer
-        # left out: it runs once per map element.
+    if only is not None and direct_call(rt, run, timeout=timeout, retry=retry):
+        # The common case (an async tool under the engine's limit alone, no
+        # retry, timeout, rate limit or middleware) gets an attempt with every
+        # other layer left out; a map worker may even call it directly.
         lim = only
         add_latency = latency.add
 

@@ -102,11 +102,7 @@ class _Scanner:
             line = self.line(pos)
             sub = (*loc, key)
             if key in seen:
-                self.problems.add(
-                    sub,
-                    f"duplicate key {key!r} (first given on line {seen[key]})",
-                    line=line,
-                )
+                self.problems.duplicate_key(sub, key, seen[key], line)
             else:
                 seen[key] = line
                 self.lines.setdefault(sub, line)

@@ -87,6 +87,10 @@ class Problems:
             line = self.line_of(loc)
         self.found.append(WorkflowError(message, show_loc(loc), line=line))
 
+    def duplicate_key(self, loc: Loc, key: object, first: int, line: int) -> None:
+        """A key given twice in one mapping (the text formats keep the last)."""
+        self.add(loc, f"duplicate key {key!r} (first given on line {first})", line=line)
+
     def error(self) -> WorkflowError:
         """One error listing every problem found, in line order."""
         found = sorted(

@@ -151,11 +151,7 @@ class _Walk:
                 )
                 continue
             if first is not None:
-                self.problems.add(
-                    sub,
-                    f"duplicate key {key!r} (first given on line {first})",
-                    line=line,
-                )
+                self.problems.duplicate_key(sub, key, first, line)
             else:
                 seen[key] = line
             self.lines.setdefault(sub, line)

@@ -1,6 +1,7 @@
 """The thread bridge: sync tools run on worker threads, never on the loop.
 
-A thread cannot be killed. When a sync tool's call times out or is
+Calls run on plait's own worker threads (:mod:`._threads`), under the
+caller's thread limit. A thread cannot be killed. When a sync tool's call times out or is
 cancelled, the task stops waiting for it at once, but the thread runs on;
 until it really returns it keeps its concurrency slots, so a tool that hangs
 can never make the process start threads without bound. The slots are given
@@ -9,21 +10,41 @@ started), or by the worker thread when it finishes after its task has left.
 
 Sync tools can stop early on their own: :func:`check_cancelled` raises in
 the worker thread once its call was cancelled or timed out.
+
+A sync function that returns an awaitable (a sync ``run`` method handing back
+a coroutine, say) has it awaited on the event loop, still holding the
+call's slots and under its timeout: the awaitable is the real work, and
+returning it un-awaited as a "result" is a bug users of other agent
+frameworks keep meeting.
 """
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.to_thread
+import sniffio
 
-__all__ = ["check_cancelled", "run_in_thread"]
+from ._limits import Limiter
+from ._threads import current_inbox, submit
+
+__all__ = ["Cancelled", "check_cancelled", "run_in_thread"]
 
 _local = threading.local()
+
+
+class Cancelled(BaseException):
+    """Raised by :func:`check_cancelled` in a worker thread whose call ended.
+
+    A ``BaseException``, like every backend's cancellation, so that
+    ``except Exception`` in the tool does not swallow it. Nobody waits for
+    the thread's result any more, so it goes nowhere: it only unwinds the
+    tool.
+    """
 
 
 def check_cancelled() -> None:
@@ -34,25 +55,28 @@ def check_cancelled() -> None:
     Outside a worker thread started by plait it does nothing, so the tool can
     still be called as a plain function.
     """
-    if getattr(_local, "in_plait_thread", False):
-        anyio.from_thread.check_cancelled()
+    handoff = getattr(_local, "handoff", None)
+    if handoff is not None and handoff.task_gone:
+        raise Cancelled(
+            "the plait call running in this thread was cancelled or timed out"
+        )
 
 
 class _Handoff:
     """Decides who gives the slots back: the task or the worker thread."""
 
-    __slots__ = ("_lock", "_release", "_running", "_task_gone", "abandoned")
+    __slots__ = ("_lock", "_release", "_running", "abandoned", "task_gone")
 
     def __init__(self, release: Callable[[], None]) -> None:
         self._lock = threading.Lock()
         self._release = release
         self._running = False
-        self._task_gone = False
+        self.task_gone = False
         self.abandoned = False
 
     def thread_starts(self) -> bool:
         with self._lock:
-            if self._task_gone:
+            if self.task_gone:
                 return False
             self._running = True
             return True
@@ -60,13 +84,13 @@ class _Handoff:
     def thread_ends(self) -> None:
         with self._lock:
             self._running = False
-            release = self._task_gone
+            release = self.task_gone
         if release:
             self._release()
 
     def task_leaves(self) -> None:
         with self._lock:
-            self._task_gone = True
+            self.task_gone = True
             release = not self._running
             self.abandoned = self._running
         if release:
@@ -78,31 +102,52 @@ async def run_in_thread(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     release: Callable[[], None],
-    thread_limiter: anyio.CapacityLimiter,
+    threads: Limiter,
     on_abandon: Callable[[], None] | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` on a worker thread; ``release`` frees its slots.
 
-    ``release`` is called exactly once, when the function has returned (or
-    will never run). ``on_abandon`` is called when the task stops waiting
-    while the thread still runs.
+    ``threads`` bounds the worker threads running at once; a thread holds
+    its slot of it until it really returns. ``release`` is called exactly
+    once, when the function has returned (or will never run) and any
+    awaitable it returned has been awaited. ``on_abandon`` is called when
+    the task stops waiting while the thread still runs. The function runs in
+    a copy of the caller's context variables.
     """
     handoff = _Handoff(release)
-
-    def worker() -> Any:
-        if not handoff.thread_starts():
-            return None
-        _local.in_plait_thread = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _local.in_plait_thread = False
-            handoff.thread_ends()
-
+    outcome: list[tuple[bool, Any]] = []  # (raised, result or exception)
     try:
-        return await anyio.to_thread.run_sync(
-            worker, abandon_on_cancel=True, limiter=thread_limiter
-        )
+        if not threads.try_acquire():
+            await threads.acquire()
+        done = anyio.Event()
+        inbox = current_inbox()
+        context = contextvars.copy_context()
+        # The copy says "asyncio" or "trio"; in the thread no loop runs.
+        context.run(sniffio.current_async_library_cvar.set, None)
+
+        def job() -> None:
+            if not handoff.thread_starts():
+                threads.release()
+                return
+            _local.handoff = handoff
+            try:
+                outcome.append((False, context.run(fn, *args, **kwargs)))
+            except BaseException as exc:
+                outcome.append((True, exc))
+            finally:
+                _local.handoff = None
+                handoff.thread_ends()
+                threads.release()
+            inbox.post(done)
+
+        submit(job)
+        await done.wait()
+        raised, result = outcome[0]
+        if raised:
+            raise result
+        if inspect.isawaitable(result):
+            result = await result
+        return result
     finally:
         handoff.task_leaves()
         if handoff.abandoned and on_abandon is not None:

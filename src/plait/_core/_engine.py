@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 import anyio
 
-from ._errors import ConfigError, StepFailed, StepTimeout, UnknownTool, WorkflowError
+from ._batch import PreparedCall, run_calls
+from ._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
 from ._events import EventBus, Subscriber, Subscription
 from ._expr import did_you_mean
-from ._groups import raise_collapsed
-from ._interpret import Compiler, to_failure
+from ._interpret import Compiler
 from ._limits import Limiter, LimiterRegistry
 from ._middleware import Middleware
 from ._paths import index
@@ -23,6 +23,7 @@ from ._results import RunResult
 from ._stats import RunStats
 from ._steps import Call, Step, Workflow
 from ._tools import Tool
+from ._validate import check_seconds
 
 __all__ = ["Engine"]
 
@@ -34,21 +35,6 @@ def _check_positive_int(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{what} must be an int >= 1, got {value!r}")
     return value
-
-
-def _check_seconds(value: object, what: str) -> float | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or value <= 0
-    ):
-        raise ConfigError(
-            f"{what} must be a number of seconds > 0 or None, got {value!r}"
-        )
-    return float(value)
 
 
 class Engine:
@@ -203,13 +189,13 @@ class Engine:
         return self.events.subscribe(fn)
 
     # -- running -------------------------------------------------------------
-    def _new_run(self) -> RunContext:
+    def _new_run(self, threads: int | None = None) -> RunContext:
         return RunContext(
             events=self.events,
             engine_limiter=self._limiter,
             engine_bucket=self._bucket,
             middleware=self.middleware,
-            thread_limiter=anyio.CapacityLimiter(math.inf),
+            thread_limiter=Limiter(threads, "worker threads"),
         )
 
     def _stats(self, run: RunContext, started: float) -> RunStats:
@@ -242,7 +228,7 @@ class Engine:
             StepTimeout: a step timeout or the deadline expired.
         """
         step, scope = self._prepare(workflow, inputs)
-        deadline = _check_seconds(deadline, "deadline")
+        deadline = check_seconds(deadline, "deadline")
         run = self._new_run()
         root = Compiler(
             run, self._call_lookup, self._functions, self.max_concurrency
@@ -335,7 +321,7 @@ class Engine:
                 f'on_error must be "raise" or "collect", got {on_error!r}'
             )
         run = self._new_run()
-        prepared = []
+        prepared: list[PreparedCall] = []
         for i, pair in enumerate(calls):
             path = index("calls", i)
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
@@ -351,30 +337,13 @@ class Engine:
             invoker = build_invoker(
                 rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry
             )
-            prepared.append((invoker, dict(kwargs), path))
-        results: list[Any] = [None] * len(prepared)
-        collect = on_error == "collect"
-
-        async def one(i: int) -> None:
-            invoker, kwargs, path = prepared[i]
-            try:
-                results[i] = await invoker((), kwargs, path, ())
-            except Exception as error:
-                if not collect:
-                    raise StepFailed(path, error) from error
-                results[i] = to_failure(error, path)
-
+            prepared.append(PreparedCall(invoker, (), dict(kwargs), path))
         try:
-            if not parallel or len(prepared) <= 1:
-                for i in range(len(prepared)):
-                    await one(i)
-                return results
-            try:
-                async with anyio.create_task_group() as tg:
-                    for i in range(len(prepared)):
-                        tg.start_soon(one, i)
-            except BaseExceptionGroup as group:
-                raise_collapsed(group)
-            return results
+            return await run_calls(
+                len(prepared),
+                prepared.__getitem__,
+                collect=on_error == "collect",
+                width=None if parallel else 1,
+            )
         finally:
             self.abandoned_threads += run.abandoned_threads

@@ -14,7 +14,6 @@ back (see :func:`_admit`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,7 +29,7 @@ from ._middleware import Middleware, ToolCall, chain
 from ._paths import fill
 from ._ratelimit import TokenBucket, commit, pace, release_gates
 from ._results import Failure
-from ._retry import Retry
+from ._retry import Retry, next_delay
 from ._stats import ToolCounters
 from ._tools import Tool
 
@@ -68,7 +67,7 @@ class RunContext:
     engine_limiter: Limiter
     engine_bucket: TokenBucket | None
     middleware: tuple[Middleware, ...]
-    thread_limiter: anyio.CapacityLimiter
+    thread_limiter: Limiter
     counters: dict[str, ToolCounters] = attrs.field(factory=dict)
     failures: list[Failure] = attrs.field(factory=list)
     abandoned_threads: int = 0
@@ -484,14 +483,8 @@ def build_invoker(
             try:
                 return await one_try(args, kwargs, template, loc, number)
             except Exception as error:
-                if number >= policy.attempts or not policy.should_retry(error):
-                    failed(template, loc, number, error)
-                    raise
-                delay = policy.delay(number)
-                deadline = anyio.current_effective_deadline()
-                if deadline != math.inf and anyio.current_time() + delay >= deadline:
-                    # Sleeping would only end in a cancellation that hides
-                    # the real error: report it now.
+                delay = next_delay(policy, number, error)
+                if delay is None:
                     failed(template, loc, number, error)
                     raise
                 counters.retries += 1

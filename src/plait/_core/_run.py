@@ -56,17 +56,24 @@ def resolve_backend(backend: str | None) -> tuple[str, dict[str, Any]]:
     )
 
 
-def run_sync(func: Any, *args: Any, backend: str | None = None, what: str) -> Any:
+def run_sync(
+    func: Any,
+    *args: Any,
+    backend: str | None = None,
+    what: str,
+    instead: str = "await engine.run(...)",
+) -> Any:
     """Run ``await func(*args)`` on a new event loop of ``backend``.
 
-    ``what`` names the async twin for the error raised inside a running loop.
+    ``what`` names the sync function and ``instead`` its async twin, for the
+    error raised inside a running loop.
     Ctrl-C comes out as a bare ``KeyboardInterrupt`` on every backend.
     """
     library = running_async_library()
     if library is not None:
         raise RuntimeError(
             f"{what} cannot be called with a running {library} event loop in this "
-            "thread; use `await engine.run(...)` (or the async twin) instead"
+            f"thread; use `{instead}` instead"
         )
     name, options = resolve_backend(backend)
     try:

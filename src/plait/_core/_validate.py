@@ -8,9 +8,10 @@ from typing import Any, NoReturn
 
 import attrs
 
-from ._errors import WorkflowError
+from ._errors import ConfigError, WorkflowError
 
 __all__ = [
+    "check_seconds",
     "fail",
     "number",
     "optional_number",
@@ -95,3 +96,19 @@ def one_of(*choices: str) -> Validator:
             fail(inst, attr.name, expected, value)
 
     return check
+
+
+def check_seconds(value: object, what: str) -> float | None:
+    """``value`` as a float of seconds > 0, or None; else :class:`ConfigError`."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value <= 0
+    ):
+        raise ConfigError(
+            f"{what} must be a number of seconds > 0 or None, got {value!r}"
+        )
+    return float(value)

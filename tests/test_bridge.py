@@ -379,3 +379,184 @@ async def test_cancelled_run_abandons_sync_threads_and_frees_slots() -> None:
     await wait_until(lambda: gauge.finished == 1)
     with anyio.fail_after(2):
         assert await engine.run(plait.Call("hang", 0.0)) == "done"
+
+
+# -- awaitables returned by sync tools, Cancelled, daemon threads, contextvars -----
+
+
+async def test_a_sync_tool_returning_a_coroutine_has_it_awaited_on_the_loop() -> None:
+    loop_thread = threading.get_ident()
+    where: list[str] = []
+
+    @plait.tool
+    def deferred(x: int) -> object:
+        where.append("thread" if threading.get_ident() != loop_thread else "loop")
+
+        async def later() -> int:
+            where.append("loop" if threading.get_ident() == loop_thread else "thread")
+            await anyio.sleep(0)
+            return x * 2
+
+        return later()
+
+    engine = plait.Engine(tools=[deferred])
+    out = await engine.run(plait.Call("deferred", 21))
+    assert out == 42
+    assert where == ["thread", "loop"]
+
+
+async def test_a_returned_coroutine_runs_while_the_tool_slot_is_held() -> None:
+    gauge = Gauge()
+
+    @plait.tool(concurrency_limit=1)
+    def deferred(i: int) -> object:
+        async def later() -> int:
+            gauge.enter()
+            try:
+                await anyio.sleep(0.1)
+            finally:
+                gauge.leave()
+            return i
+
+        return later()
+
+    engine = plait.Engine(tools=[deferred])
+    started = anyio.current_time()
+    out = await engine.run(
+        plait.Parallel(plait.Call("deferred", 1), plait.Call("deferred", 2))
+    )
+    elapsed = anyio.current_time() - started
+    assert out == [1, 2]
+    assert gauge.peak == 1  # the second call waited for the first one's coroutine
+    assert gauge.finished == 2
+    assert elapsed >= 0.19
+
+
+async def test_a_returned_coroutine_runs_under_the_tool_timeout() -> None:
+    cancelled: list[bool] = []
+
+    @plait.tool(timeout=0.1)
+    def deferred() -> object:
+        async def later() -> str:
+            try:
+                await anyio.sleep(10)
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)
+                raise
+            return "late"
+
+        return later()
+
+    started = anyio.current_time()
+    with pytest.raises(plait.StepFailed) as info:
+        await plait.Engine(tools=[deferred]).run(plait.Call("deferred"))
+    assert anyio.current_time() - started < 2.0
+    assert isinstance(info.value.__cause__, plait.ToolTimeout)
+    assert cancelled == [True]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_plait_run_awaits_a_returned_coroutine_on_each_backend(backend: str) -> None:
+    @plait.tool
+    def deferred(x: int) -> object:
+        async def later() -> int:
+            await anyio.sleep(0.001)
+            return x + 1
+
+        return later()
+
+    assert (
+        plait.run(plait.Call("deferred", 41), tools=[deferred], backend=backend) == 42
+    )
+
+
+async def test_check_cancelled_raises_cancelled_a_base_exception() -> None:
+    from plait._core._bridge import Cancelled
+
+    caught: list[BaseException] = []
+    swallowed: list[Exception] = []
+
+    @plait.tool(timeout=0.05)
+    def crunch() -> str:
+        try:
+            for _ in range(1000):
+                try:
+                    plait.check_cancelled()
+                except Exception as exc:  # must not catch the cancellation
+                    swallowed.append(exc)
+                time.sleep(0.005)
+        except BaseException as exc:
+            caught.append(exc)
+            raise
+        return "finished"
+
+    with pytest.raises(plait.StepFailed) as info:
+        await plait.Engine(tools=[crunch]).run(plait.Call("crunch"))
+    assert isinstance(info.value.__cause__, plait.ToolTimeout)
+    await wait_until(lambda: bool(caught))
+    assert swallowed == []
+    assert type(caught[0]) is Cancelled
+    assert isinstance(caught[0], BaseException)
+    assert not isinstance(caught[0], Exception)
+    assert issubclass(Cancelled, BaseException)
+    assert not issubclass(Cancelled, Exception)
+
+
+def test_worker_threads_are_daemons_so_a_hung_tool_does_not_block_exit() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import threading, time
+        import plait
+
+        @plait.tool(timeout=0.2)
+        def hang() -> None:
+            time.sleep(60)
+
+        try:
+            plait.run(plait.Call("hang"), tools=[hang], backend="asyncio")
+        except plait.StepFailed as exc:
+            assert isinstance(exc.__cause__, plait.ToolTimeout), exc
+        workers = [t for t in threading.enumerate() if t.name == "plait worker"]
+        assert workers and all(t.daemon for t in workers), workers
+        print("timed out")
+        """
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "timed out"
+    assert elapsed < 15  # the tool hangs for 60 s
+
+
+async def test_context_variables_of_the_caller_are_seen_by_sync_tools() -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: list[str] = []
+
+    @plait.tool
+    def which() -> str:
+        seen.append(request_id.get("unset"))
+        request_id.set("changed in the tool")  # a copy: the caller keeps its own
+        return request_id.get()
+
+    engine = plait.Engine(tools=[which])
+    token = request_id.set("req-42")
+    try:
+        out = await engine.run(plait.Parallel(plait.Call("which"), plait.Call("which")))
+        assert request_id.get() == "req-42"
+    finally:
+        request_id.reset(token)
+    assert seen == ["req-42", "req-42"]
+    assert out == ["changed in the tool", "changed in the tool"]

@@ -190,3 +190,34 @@ def test_agents_main(workflows: Any, capsys: pytest.CaptureFixture[str]) -> None
     assert out.startswith("[SIMULATED")
     assert "answer:" in out
     assert "retries" in out
+
+
+# -- many_agents.py --------------------------------------------------------------
+
+
+async def test_many_agents_keeps_order_and_every_output(workflows: Any) -> None:
+    many_agents = workflows("many_agents")
+    result = await many_agents.research_desk(agents=60, batch_size=8, timeout=0.3)
+    outputs = result["outputs"]
+    assert len(outputs) == 60
+    failures = {f.path: type(f.error) for f in result["failures"]}
+    assert failures == {"agents[20]": ConnectionError, "agents[40]": plait.ToolTimeout}
+    for i, out in enumerate(outputs):
+        if f"agents[{i}]" not in failures:
+            assert out.startswith(f"analyst-{i}: ")
+    assert result["reports"] == 58  # every analyst that finished, counted once
+    assert result["elapsed"] < 5  # the stuck analyst did not hold the run
+
+
+def test_many_agents_main_prints_the_report(
+    workflows: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    many_agents = workflows("many_agents")
+    assert (
+        many_agents.main(["--agents", "20", "--batch-size", "4", "--timeout", "0.3"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "20 analysts studied" in out
+    assert "agents[6]: ConnectionError" in out
+    assert "agents[13]: ToolTimeout" in out

@@ -18,6 +18,7 @@ caller (the engine's thread limit), not by the pool.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import queue
@@ -25,7 +26,6 @@ import threading
 from collections.abc import Callable
 
 import anyio
-import anyio.lowlevel
 
 from ._wakeup import _soon_in_this_loop
 
@@ -95,9 +95,10 @@ class Inbox:
     come before it runs ride along.
     """
 
-    __slots__ = ("_items", "_lock", "_schedule", "_scheduled")
+    __slots__ = ("_items", "_lock", "_schedule", "_scheduled", "key")
 
-    def __init__(self) -> None:
+    def __init__(self, key: object) -> None:
+        self.key = key
         self._items: collections.deque[anyio.Event] = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False
@@ -124,14 +125,23 @@ class Inbox:
             items.popleft().set()
 
 
-_inbox: anyio.lowlevel.RunVar[Inbox] = anyio.lowlevel.RunVar("plait_inbox")
+_local = threading.local()
+
+
+def _loop_key() -> object:
+    """Something that identifies the event loop running in this thread."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    import trio
+
+    return trio.lowlevel.current_trio_token()
 
 
 def current_inbox() -> Inbox:
-    """The inbox of the running event loop."""
-    try:
-        return _inbox.get()
-    except LookupError:
-        inbox = Inbox()
-        _inbox.set(inbox)
-        return inbox
+    """The inbox of the event loop running in this thread."""
+    key = _loop_key()
+    inbox: Inbox | None = getattr(_local, "inbox", None)
+    if inbox is None or inbox.key is not key:
+        inbox = _local.inbox = Inbox(key)
+    return inbox

@@ -69,3 +69,33 @@ def test_script_end_to_end(
     assert [r["tool"] for r in data["overhead"]] == ["yielding", "non-yielding"]
     assert data["memory"][0]["backend"] == "trio"
     assert data["memory"][0]["items"] == 300
+
+
+def test_cancel_latency_script_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = SCRIPT.with_name("cancel_latency.py")
+    spec = importlib.util.spec_from_file_location("plait_bench_cancel", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "latency.json"
+    argv = ["--pending", "20", "--repeat", "1", "--json", str(out)]
+    assert module.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| backend | step | blocked in |" in printed
+    results = json.loads(out.read_text())["results"]
+    cases = {(r["backend"], r["step"], r["scenario"]) for r in results}
+    assert cases == {
+        (b, step, scenario)
+        for b in BACKENDS
+        for step in ("Parallel", "MapReduce")
+        for scenario in ("sleep", "rate-limit", "limiter", "backoff")
+    }
+    for r in results:
+        assert r["pending"] == 20
+        assert len(r["samples_ms"]) == 1
+        assert r["median_ms"] > 0
+        assert r["baseline_ms"] > 0

@@ -460,12 +460,16 @@ class _MapRun:
     async def _close_source(self) -> None:
         # Close the generator behind the input too: an iterable whose
         # __iter__ is a generator function hands back a fresh generator.
-        for it in (self.source, self.sync_iter, self.async_iter):
-            if inspect.isasyncgen(it):
-                with anyio.CancelScope(shield=True):
-                    await it.aclose()
-            elif inspect.isgenerator(it):
+        iterators = (self.source, self.sync_iter, self.async_iter)
+        for it in iterators:
+            if inspect.isgenerator(it):
                 it.close()
+        # Not shielded: when the step is being cancelled (a deadline, the
+        # caller's scope) an async generator's cleanup is cancelled with it,
+        # as any other code of the step is; it must not hold the run.
+        for it in iterators:
+            if inspect.isasyncgen(it):
+                await it.aclose()
 
     async def _pull(self) -> tuple[bool, Any]:
         """The next element of an async input, or ``(False, None)`` at its end."""

@@ -14,7 +14,6 @@ polled.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections import deque
@@ -54,13 +53,17 @@ class Limiter:
         name: shown in errors and reprs.
     """
 
-    __slots__ = ("_borrowed", "_lock", "_total", "_waiters", "name")
+    __slots__ = ("_borrowed", "_lock", "_queued", "_total", "_waiters", "name")
 
     def __init__(self, total: float | None = None, name: str = "") -> None:
         self.name = name
         self._total = _check_total(total, f"limit for {name!r}")
         self._borrowed = 0
+        # Waiters in arrival order. One that leaves (cancelled) is only
+        # marked, not searched for, so that cancelling n waiters costs O(n),
+        # not O(n^2); marked ones are skipped when they reach the front.
         self._waiters: deque[_Waiter] = deque()
+        self._queued = 0  # waiters in the deque still waiting
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -88,12 +91,12 @@ class Limiter:
     @property
     def waiting(self) -> int:
         """How many callers wait for a slot."""
-        return len(self._waiters)
+        return self._queued
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued; never blocks."""
         with self._lock:
-            if self._borrowed < self._total and not self._waiters:
+            if self._borrowed < self._total and not self._queued:
                 self._borrowed += 1
                 return True
         return False
@@ -101,11 +104,11 @@ class Limiter:
     async def acquire(self) -> None:
         """Wait for a slot and take it (no checkpoint when one is free)."""
         with self._lock:
-            if self._borrowed < self._total and not self._waiters:
+            if self._borrowed < self._total and not self._queued:
                 self._borrowed += 1
                 return
             waiter = AsyncWaiter()
-            self._waiters.append(waiter)
+            self._enqueue(waiter)
         try:
             await waiter.wait()
         except BaseException:
@@ -115,11 +118,11 @@ class Limiter:
     def acquire_blocking(self) -> None:
         """Block this (plain or worker) thread until a slot is taken."""
         with self._lock:
-            if self._borrowed < self._total and not self._waiters:
+            if self._borrowed < self._total and not self._queued:
                 self._borrowed += 1
                 return
             waiter = ThreadWaiter()
-            self._waiters.append(waiter)
+            self._enqueue(waiter)
         try:
             waiter.wait()
         except BaseException:
@@ -135,15 +138,28 @@ class Limiter:
             if self._borrowed <= 0:
                 raise RuntimeError(f"{self!r} released more often than acquired")
             self._borrowed -= 1
-            if not self._waiters:
+            if not self._queued:
                 return
             woken = self._grant_locked()
         self._wake(woken)
 
+    def _enqueue(self, waiter: _Waiter) -> None:
+        waiters = self._waiters
+        if len(waiters) > 2 * self._queued + 64:
+            # Mostly waiters that left: drop them, in bounded amortized time.
+            self._waiters = waiters = deque(w for w in waiters if w.queued)
+        waiter.queued = True
+        waiters.append(waiter)
+        self._queued += 1
+
     def _grant_locked(self) -> list[_Waiter]:
         woken = []
-        while self._waiters and self._borrowed < self._total:
+        while self._queued and self._borrowed < self._total:
             waiter = self._waiters.popleft()
+            if not waiter.queued:
+                continue  # it left while queued
+            waiter.queued = False
+            self._queued -= 1
             waiter.granted = True
             self._borrowed += 1
             woken.append(waiter)
@@ -173,8 +189,9 @@ class Limiter:
     def _abandon(self, waiter: _Waiter) -> None:
         with self._lock:
             if not waiter.granted:
-                with contextlib.suppress(ValueError):  # given back already
-                    self._waiters.remove(waiter)
+                if waiter.queued:  # else granted, then given back already
+                    waiter.queued = False
+                    self._queued -= 1
                 # A waiter leaving the head of the queue may unblock others
                 # (after the total was raised, say).
                 woken = self._grant_locked()

@@ -304,7 +304,14 @@ def build_invoker(
             else:
                 await _take_slots(lims)
             if bus.active:
-                note(EventKind.CALL_STARTED, template, loc, number)
+                try:
+                    note(EventKind.CALL_STARTED, template, loc, number)
+                except BaseException:
+                    # A subscriber's KeyboardInterrupt, say: the slots are
+                    # not handed to the call yet, so give them back here.
+                    for lim in lims:
+                        lim.release()
+                    raise
             started = _perf()
             try:
                 work = (
@@ -424,7 +431,11 @@ def build_invoker(
             if not lim.try_acquire():
                 await lim.acquire()
             if bus.active:
-                note(EventKind.CALL_STARTED, template, loc, 1)
+                try:
+                    note(EventKind.CALL_STARTED, template, loc, 1)
+                except BaseException:
+                    lim.release()
+                    raise
             started = _perf()
             try:
                 result = await fn(*args, **kwargs)

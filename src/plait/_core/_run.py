@@ -76,16 +76,28 @@ def run_sync(
             f"thread; use `{instead}` instead"
         )
     name, options = resolve_backend(backend)
+    call = functools.partial(func, *args)
+
+    async def main() -> tuple[bool, Any]:
+        # A KeyboardInterrupt or SystemExit raised by a tool is carried out
+        # of the loop as a value: escaping the main task, asyncio would leave
+        # that task with an exception nobody retrieves (logged at exit).
+        try:
+            return True, await call()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            return False, exc
+
     try:
-        return anyio.run(
-            functools.partial(func, *args), backend=name, backend_options=options
-        )
+        ok, value = anyio.run(main, backend=name, backend_options=options)
     except BaseExceptionGroup as group:
         # A Ctrl-C that surfaced inside a task group on Trio.
         for exc in leaves(group):
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise exc from None
         raise
+    if not ok:
+        raise value
+    return value
 
 
 def run(

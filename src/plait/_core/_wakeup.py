@@ -47,10 +47,11 @@ def _soon_in_this_loop() -> Callable[[Callable[[], object]], object]:
 class AsyncWaiter:
     """A task waiting on its own event loop, wakeable from any thread."""
 
-    __slots__ = ("_event", "_schedule", "_thread", "granted")
+    __slots__ = ("_event", "_schedule", "_thread", "granted", "queued")
 
     def __init__(self) -> None:
         self.granted = False
+        self.queued = False
         self._event = anyio.Event()
         self._thread = threading.get_ident()
         self._schedule = _soon_in_this_loop()
@@ -73,10 +74,11 @@ class AsyncWaiter:
 class ThreadWaiter:
     """A plain thread blocked until another thread grants it."""
 
-    __slots__ = ("_lock", "granted")
+    __slots__ = ("_lock", "granted", "queued")
 
     def __init__(self) -> None:
         self.granted = False
+        self.queued = False
         self._lock = threading.Lock()
         self._lock.acquire()
 

@@ -49,8 +49,6 @@ from ._adapt import entry_point
 __all__ = ["AgentLoop", "InvocationResult", "percentile"]
 
 _perf = time.perf_counter
-# Threads are bounded by the loop's own slots: each attempt holds one.
-_UNLIMITED_THREADS = Limiter(None, "AgentLoop threads")
 Task = tuple[Any, ...]
 
 
@@ -155,6 +153,10 @@ class AgentLoop:
         default=None, kw_only=True, validator=optional_number()
     )
     _limiter: Limiter = attrs.field(init=False)
+    # Threads are bounded by the loop's own slots: each attempt holds one.
+    _threads: Limiter = attrs.field(
+        init=False, factory=lambda: Limiter(None, "AgentLoop threads")
+    )
     _attempt_ms: list[float] = attrs.field(init=False, factory=list)
     _total_ms: list[float] = attrs.field(init=False, factory=list)
     abandoned_threads: int = attrs.field(init=False, default=0)
@@ -282,7 +284,7 @@ class AgentLoop:
                     args,
                     kwargs,
                     limiter.release,
-                    _UNLIMITED_THREADS,
+                    self._threads,
                     self._abandoned,
                 )
         if scope.cancelled_caught:

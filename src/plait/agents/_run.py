@@ -23,15 +23,16 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from .._core._batch import PreparedCall, run_calls
-from .._core._errors import ConfigError
+from .._core._errors import ConfigError, StepFailed, ToolTimeout
 from .._core._events import EventBus
 from .._core._groups import raise_collapsed
 from .._core._limits import Limiter
 from .._core._paths import index
 from .._core._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
+from .._core._results import Failure
 from .._core._retry import Retry
 from .._core._run import run_sync
-from .._core._tools import Tool
+from .._core._tools import Tool, is_async_callable
 from .._core._validate import check_seconds
 from ._adapt import agent_name, entry_point
 from ._resources import ResourceMonitor
@@ -126,43 +127,55 @@ async def _run_pairs(
         middleware=(),
         thread_limiter=Limiter(threads, "agent threads"),
     )
-    # Every agent is checked before any runs; its pipeline is built by the
-    # worker about to call it (one per agent object, however many tasks it
-    # is given), overlapping with the agents already running.
-    entries = [
-        (agent, entry_point(agent, index(base, i)), task)
-        for i, (agent, task) in enumerate(pairs)
-    ]
-    invokers: dict[int, Invoker] = {}
+    # Every agent is checked before any runs. All share two pipelines, one
+    # for blocking agents and one for async ones, each calling the agent it
+    # is given: building a pipeline per agent costs more than a short agent.
+    entries = []
+    for i, (agent, task) in enumerate(pairs):
+        call = entry_point(agent, index(base, i))
+        entries.append((call, is_async_callable(call), task))
+    invokers: dict[bool, Invoker] = {}
 
     def prepare(i: int) -> PreparedCall:
-        agent, call, task = entries[i]
-        invoker = invokers.get(id(agent))
+        call, is_async, task = entries[i]
+        invoker = invokers.get(is_async)
         if invoker is None:
-            invoker = invokers[id(agent)] = build_invoker(
-                ToolRuntime(Tool(call, agent_name(agent)), None, None),
-                run,
-                timeout=seconds,
-                retry=retry,
+            tool = Tool(_call_async if is_async else _call_blocking, _SHARED)
+            invoker = invokers[is_async] = build_invoker(
+                ToolRuntime(tool, None, None), run, timeout=seconds, retry=retry
             )
-        return PreparedCall(invoker, (task,), {}, index(base, i))
+        return PreparedCall(invoker, (call, task), {}, index(base, i))
+
+    def named(error: BaseException, i: int) -> BaseException:
+        """A shared pipeline's timeout, renamed after the agent that timed out."""
+        if isinstance(error, ToolTimeout) and error.tool == _SHARED:
+            renamed = ToolTimeout(agent_name(pairs[i][0]), error.timeout)
+            renamed.__cause__ = error.__cause__
+            renamed.__traceback__ = error.__traceback__
+            return renamed
+        return error
 
     collect = on_error == "collect"
     try:
-        if monitor is None:
-            return await run_calls(len(entries), prepare, collect=collect, width=width)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(monitor.watch, limiter, width)
+            if monitor is None:
                 results = await run_calls(
                     len(entries), prepare, collect=collect, width=width
                 )
-                tg.cancel_scope.cancel()
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(monitor.watch, limiter, width)
+                    results = await run_calls(
+                        len(entries), prepare, collect=collect, width=width
+                    )
+                    tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The monitor's task group wraps the agents' error: unwrap it, so
             # that a monitored run fails as an unmonitored one does.
             raise_collapsed(group)
-        return results
+    except StepFailed as failed:
+        error = named(failed.error, _position(failed.path))
+        raise StepFailed(failed.path, error) from error
     finally:
         if run.abandoned_threads:
             logger.warning(
@@ -171,6 +184,27 @@ async def _run_pairs(
                 "plait.check_cancelled() in long agents to stop them early)",
                 run.abandoned_threads,
             )
+    for i, result in enumerate(results):
+        if isinstance(result, Failure) and isinstance(result.error, ToolTimeout):
+            results[i] = Failure(named(result.error, i), result.path)
+    return results
+
+
+#: The name of the pipelines agents share; timeouts are renamed after the agent.
+_SHARED = "<agent>"
+
+
+def _call_blocking(call: Callable[[Any], Any], task: Any) -> Any:
+    return call(task)
+
+
+async def _call_async(call: Callable[[Any], Awaitable[Any]], task: Any) -> Any:
+    return await call(task)
+
+
+def _position(path: str) -> int:
+    """``i`` of a path ``name[i]``."""
+    return int(path[path.index("[") + 1 : -1])
 
 
 def _blocking(

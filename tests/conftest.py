@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -19,6 +20,23 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--slow", action="store_true", default=False, help="run the long soak tests"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The differential tests (test_differential.py) read this profile: a
+    # quick pass by default, a soak with --slow. The async ones use the
+    # function-scoped anyio_backend fixture, which never changes within a
+    # test, so that health check does not apply.
+    settings.register_profile(
+        "plait-differential",
+        max_examples=500 if config.getoption("--slow") else 40,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
     )
 
 

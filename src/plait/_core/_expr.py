@@ -104,8 +104,12 @@ def did_you_mean(name: str, known: Iterable[object]) -> str:
 
 
 def is_expression(value: object) -> bool:
-    """Whether ``value`` needs evaluating (holds a Var or an Fn somewhere)."""
-    if isinstance(value, Var | Fn):
+    """Whether ``value`` needs evaluating (holds a Var, Fn or Lit somewhere).
+
+    A ``Lit`` inside a list, tuple or dict counts: it is unwrapped when the
+    container is evaluated, as it is next to a ``Var``.
+    """
+    if isinstance(value, Var | Fn | Lit):
         return True
     if isinstance(value, list | tuple):
         return any(is_expression(v) for v in value)

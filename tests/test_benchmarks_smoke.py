@@ -1,4 +1,4 @@
-"""The benchmark script still runs: tiny sizes, no timing assertions."""
+"""The benchmark scripts still run: tiny sizes, no timing assertions."""
 
 from __future__ import annotations
 
@@ -10,19 +10,26 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "overhead.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BACKENDS = ["asyncio", "uvloop", "trio"]
 
 
-@pytest.fixture(scope="module")
-def overhead() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("plait_bench_overhead", SCRIPT)
+def _load(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f"plait_bench_{name}", BENCHMARKS / f"{name}.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def overhead() -> ModuleType:
+    return _load("overhead")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,13 +81,7 @@ def test_script_end_to_end(
 def test_cancel_latency_script_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = SCRIPT.with_name("cancel_latency.py")
-    spec = importlib.util.spec_from_file_location("plait_bench_cancel", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _load("cancel_latency")
     out = tmp_path / "latency.json"
     argv = ["--pending", "20", "--repeat", "1", "--json", str(out)]
     assert module.main(argv) == 0
@@ -99,3 +100,26 @@ def test_cancel_latency_script_end_to_end(
         assert len(r["samples_ms"]) == 1
         assert r["median_ms"] > 0
         assert r["baseline_ms"] > 0
+
+
+def test_agents_script_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = _load("agents")
+    out = tmp_path / "agents.json"
+    argv = ["--agents", "30", "--sleep", "0.001", "--batch", "10", "--repeat", "1"]
+    assert module.main([*argv, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| contender | ideal s |" in printed
+    rows = json.loads(out.read_text())
+    names = {r["contender"] for r in rows}
+    assert "ThreadPoolExecutor" in names
+    for b in BACKENDS:
+        assert {
+            f"plait sync, {b}",
+            f"plait async, {b}",
+            f"plait defaults, {b}",
+        } <= names
+    for r in rows:
+        assert r["median_s"] > 0
+        assert r["ratio"] == pytest.approx(r["median_s"] / r["ideal_s"])

@@ -606,3 +606,37 @@ async def test_stats_belong_to_one_run() -> None:
     second = await engine.execute(plait.Call("echo", 3))
     assert first.stats.tools["echo"].calls == 2
     assert second.stats.tools["echo"].calls == 1
+
+
+async def test_max_concurrency_can_change_while_a_run_is_in_flight() -> None:
+    in_flight = 0
+    peak_after = 0
+    lowered = anyio.Event()
+
+    @plait.tool
+    async def work(i: int) -> int:
+        nonlocal in_flight, peak_after
+        in_flight += 1
+        if lowered.is_set():
+            peak_after = max(peak_after, in_flight)
+        await anyio.sleep(0.02)
+        in_flight -= 1
+        return i
+
+    engine = plait.Engine(tools=[work], max_concurrency=10)
+
+    async def lower() -> None:
+        await anyio.sleep(0.01)
+        engine.max_concurrency = 2
+        await anyio.sleep(0.03)  # the ten running when it was lowered end
+        lowered.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lower)
+        out = await engine.run(
+            plait.Parallel(*[plait.Call("work", i) for i in range(40)])
+        )
+    assert out == list(range(40))
+    assert 1 <= peak_after <= 2
+    with pytest.raises(plait.ConfigError, match=r"Engine\.max_concurrency"):
+        engine.max_concurrency = 0

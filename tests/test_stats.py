@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait._core._stats import _BUCKETS, LatencyHistogram
+from plait._core._stats import LatencyHistogram
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,12 +36,12 @@ def test_percentiles_are_within_about_one_percent_of_the_sample(
 
 def test_memory_is_bounded_whatever_the_count() -> None:
     hist = LatencyHistogram()
-    assert len(hist.counts) == 0  # nothing stored before the first sample
+    size = len(hist.counts)
     rng = random.Random(1)
     for _ in range(100_000):
         hist.add(rng.expovariate(1000))
-    assert len(hist.counts) <= _BUCKETS
-    assert sum(hist.counts.values()) == 100_000
+    assert len(hist.counts) == size
+    assert sum(hist.counts) == 100_000
 
 
 def test_out_of_range_values_go_to_the_end_buckets() -> None:
@@ -49,6 +49,6 @@ def test_out_of_range_values_go_to_the_end_buckets() -> None:
     for v in (0.0, -1.0, 1e-12, 1e9):
         hist.add(v)
     assert hist.counts[0] == 3
-    assert hist.counts[_BUCKETS - 1] == 1
+    assert hist.counts[-1] == 1
     assert hist.percentile(0) is not None
     assert LatencyHistogram().percentile(50) is None

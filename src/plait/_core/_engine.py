@@ -71,7 +71,7 @@ class Engine:
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
     ) -> None:
-        self.max_concurrency = _check_positive_int(
+        self._max_concurrency = _check_positive_int(
             max_concurrency, "Engine.max_concurrency"
         )
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
@@ -105,6 +105,22 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine tools={sorted(self._tools)} max_concurrency={self.max_concurrency}>"
+
+    @property
+    def max_concurrency(self) -> int:
+        """Tool calls in flight at once across the engine.
+
+        May be changed at any time, runs in progress included: lowering it
+        lets no new call start until fewer than the new limit are in
+        flight. It is also the default width of ``MapReduce`` steps of runs
+        that start afterwards.
+        """
+        return self._max_concurrency
+
+    @max_concurrency.setter
+    def max_concurrency(self, value: int) -> None:
+        self._max_concurrency = _check_positive_int(value, "Engine.max_concurrency")
+        self._limiter.total = value
 
     # -- registration --------------------------------------------------------
     @property

@@ -2,13 +2,12 @@
 
 A run of a million calls must not keep a million latencies, so latencies go
 into a log-scale histogram (about 1% relative resolution, a fixed 3,200
-buckets, stored sparsely); percentiles are read from it.
+buckets); percentiles are read from it.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import attrs
 
@@ -22,7 +21,6 @@ _PER_DOUBLING = 64
 _LOG_MIN = -30
 _LOG_MAX = 20
 _BUCKETS = (_LOG_MAX - _LOG_MIN) * _PER_DOUBLING
-_LAST = _BUCKETS - 1
 _SHIFT = float(-_LOG_MIN * _PER_DOUBLING)
 _SMALLEST = 2.0**_LOG_MIN
 _log2 = math.log2
@@ -39,17 +37,12 @@ def _bucket_middle(k: int) -> float:
 
 
 class LatencyHistogram:
-    """Counts of latencies in log-spaced buckets (about 1% wide).
-
-    Only the buckets in use are stored, so a histogram costs a few hundred
-    bytes however many tools a run has (a run of 1,000 distinct agents has
-    1,000 of them).
-    """
+    """Counts of latencies in log-spaced buckets (about 1% wide)."""
 
     __slots__ = ("count", "counts", "total")
 
     def __init__(self) -> None:
-        self.counts: defaultdict[int, int] = defaultdict(int)
+        self.counts = [0] * _BUCKETS
         self.count = 0
         self.total = 0.0
 
@@ -59,7 +52,10 @@ class LatencyHistogram:
         self.total += seconds
         # _bucket() inlined for the common case: this runs once per call.
         if seconds > _SMALLEST:
-            self.counts[min(_LAST, int(_log2(seconds) * _PER_DOUBLING + _SHIFT))] += 1
+            try:
+                self.counts[int(_log2(seconds) * _PER_DOUBLING + _SHIFT)] += 1
+            except IndexError:  # beyond 2**_LOG_MAX seconds
+                self.counts[-1] += 1
         else:
             self.counts[0] += 1
 
@@ -73,10 +69,11 @@ class LatencyHistogram:
             return None
         rank = q / 100.0 * (self.count - 1)
         seen = 0
-        for k in sorted(self.counts):
-            seen += self.counts[k]
-            if seen > rank:
-                return _bucket_middle(k)
+        for k, n in enumerate(self.counts):
+            if n:
+                seen += n
+                if seen > rank:
+                    return _bucket_middle(k)
         raise AssertionError("unreachable: counts add up to count")
 
     @property

@@ -237,6 +237,25 @@ def build_invoker(
     ) -> None:
         bus.emit_new(kind, fill(template, loc), tool=name, attempt=number, **fields)
 
+    def announce(
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
+        held: tuple[Limiter, ...],
+    ) -> None:
+        """Emit ``call.started``; give the ``held`` slots back if that raises.
+
+        Only a BaseException gets out of the bus (a subscriber's
+        KeyboardInterrupt, say): the slots are not the call's to release
+        yet, so they are released here.
+        """
+        try:
+            note(EventKind.CALL_STARTED, template, loc, number)
+        except BaseException:
+            for lim in held:
+                lim.release()
+            raise
+
     release = _release_all(limiters)
     sync = not tool.is_async
     only = limiters[0] if len(limiters) == 1 else None
@@ -304,14 +323,7 @@ def build_invoker(
             else:
                 await _take_slots(lims)
             if bus.active:
-                try:
-                    note(EventKind.CALL_STARTED, template, loc, number)
-                except BaseException:
-                    # A subscriber's KeyboardInterrupt, say: the slots are
-                    # not handed to the call yet, so give them back here.
-                    for lim in lims:
-                        lim.release()
-                    raise
+                announce(template, loc, number, lims)
             started = _perf()
             try:
                 work = (
@@ -431,11 +443,7 @@ def build_invoker(
             if not lim.try_acquire():
                 await lim.acquire()
             if bus.active:
-                try:
-                    note(EventKind.CALL_STARTED, template, loc, 1)
-                except BaseException:
-                    lim.release()
-                    raise
+                announce(template, loc, 1, limiters)
             started = _perf()
             try:
                 result = await fn(*args, **kwargs)

@@ -634,7 +634,7 @@ async def test_timeout_puts_a_failure_in_place_and_keeps_the_others(
     assert sleeper.cancelled
     [record] = agent_warnings(caplog)
     assert record.levelno == logging.WARNING
-    assert "1 agent thread(s) timed out" in record.getMessage()
+    assert "1 blocking agent(s) timed out" in record.getMessage()
     assert "plait.check_cancelled()" in record.getMessage()
     await until(hanger.returned.is_set)
 
@@ -662,7 +662,7 @@ def test_run_agents_with_timeout_returns_on_time_despite_a_hung_agent(
     assert out[3] == backend
     check_timed_out(out, {0: "h0", 2: "h1"}, 0.1)
     [record] = agent_warnings(caplog)
-    assert "2 agent thread(s) timed out" in record.getMessage()
+    assert "2 blocking agent(s) timed out" in record.getMessage()
     for hanger in hangers:
         assert hanger.returned.wait(5)
 
@@ -698,30 +698,71 @@ async def test_timeout_in_raise_mode_raises_step_failed_from_tool_timeout() -> N
 
 
 @anyio_test
-async def test_a_hung_agent_keeps_its_slot_until_it_returns() -> None:
+async def test_a_hung_agent_frees_its_batch_slot_but_keeps_its_thread() -> None:
     release = threading.Event()
     hanger = HangingAgent(release)
     gauge = Gauge()
     after = SyncAgent("after", 0.0, gauge)
-    results: list[list[Any]] = []
-
-    async def go() -> None:
-        results.append(
-            await arun_agents_with_timeout([hanger, after], "t", 0.05, batch_size=1)
-        )
-
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(go)
-            await anyio.sleep(0.3)
-            # the only slot is still the hung thread's: the limit holds
-            assert gauge.started == []
-            release.set()
+        # One agent in flight, two threads: once the hanger timed out, the
+        # next agent runs on the other thread while the hung one still runs.
+        out = await arun_agents_with_timeout(
+            [hanger, after], "t", 0.05, batch_size=1, max_workers=2
+        )
+        assert not hanger.returned.is_set()
+        assert gauge.started == ["after"]
     finally:
         release.set()
-    [out] = results
     check_timed_out(out, {0: "hanger"}, 0.05)
     assert out[1] == ("after", "t")
+
+
+@anyio_test
+async def test_hung_threads_count_against_max_workers_until_they_return() -> None:
+    release = threading.Event()
+    hanger = HangingAgent(release)
+    gauge = Gauge()
+    blocked = SyncAgent("blocked", 0.0, gauge)
+    try:
+        # The only thread is the hung one's: the next blocking agent cannot
+        # start and times out waiting for it; an async agent needs none.
+        started = anyio.current_time()
+        out = await arun_agents_with_timeout(
+            [hanger, blocked, AsyncAgent("async", 0.0)],
+            "t",
+            0.1,
+            batch_size=3,
+            max_workers=1,
+        )
+        elapsed = anyio.current_time() - started
+        assert gauge.started == []
+    finally:
+        release.set()
+    assert elapsed < PROMPT
+    check_timed_out(out, {0: "hanger", 1: "blocked"}, 0.1)
+    assert out[2] == ("async", "t")
+    await until(hanger.returned.is_set)
+
+
+@anyio_test
+async def test_more_hung_agents_than_batch_size_still_return_in_bounded_time() -> None:
+    release = threading.Event()
+    hangers = [HangingAgent(release, f"h{i}") for i in range(6)]
+    quick = [SyncAgent(f"q{i}", 0.0) for i in range(4)]
+    try:
+        started = anyio.current_time()
+        out = await arun_agents_with_timeout(
+            [*hangers, *quick], "t", 0.1, batch_size=2, max_workers=10
+        )
+        elapsed = anyio.current_time() - started
+    finally:
+        release.set()
+    # Three rounds of two hung agents, each round one timeout long.
+    assert elapsed < PROMPT
+    check_timed_out(out, {i: f"h{i}" for i in range(6)}, 0.1)
+    assert out[6:] == [(f"q{i}", "t") for i in range(4)]
+    for hanger in hangers:
+        assert hanger.returned.wait(5)
 
 
 @anyio_test

@@ -68,6 +68,11 @@ class RunContext:
     engine_bucket: TokenBucket | None
     middleware: tuple[Middleware, ...]
     thread_limiter: Limiter
+    # Whether a sync call's slots stay held by its thread until it returns
+    # (the engine: limits stay true however a tool hangs), or are given back
+    # when the call times out or is cancelled, leaving only the thread limit
+    # to count the running thread (the agents' batch: agents the run waits on).
+    slots_follow_threads: bool = True
     counters: dict[str, ToolCounters] = attrs.field(factory=dict)
     failures: list[Failure] = attrs.field(factory=list)
     abandoned_threads: int = 0
@@ -132,6 +137,10 @@ async def _admit(
             lim.release()
         raise
     commit(buckets)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _release_all(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
@@ -258,6 +267,8 @@ def build_invoker(
 
     release = _release_all(limiters)
     sync = not tool.is_async
+    # Whether the thread gives the call's slots back (else the task does).
+    thread_releases = sync and run.slots_follow_threads
     only = limiters[0] if len(limiters) == 1 else None
     # With neither retry nor middleware an attempt is the whole call and does
     # the call's bookkeeping itself: one coroutine per call, not three.
@@ -333,7 +344,9 @@ def build_invoker(
                         template,
                         loc,
                         number,
-                        release if lims is limiters else _release_all(lims),
+                        (release if lims is limiters else _release_all(lims))
+                        if thread_releases
+                        else _nothing,
                     )
                     if sync
                     else fn(*args, **kwargs)
@@ -359,7 +372,7 @@ def build_invoker(
                             )
                         raise error
             finally:
-                if not sync:
+                if not thread_releases:
                     if only is not None and lims is limiters:
                         only.release()
                     else:

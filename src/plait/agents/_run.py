@@ -126,6 +126,10 @@ async def _run_pairs(
         engine_bucket=None,
         middleware=(),
         thread_limiter=Limiter(threads, "agent threads"),
+        # A blocking agent past its timeout frees its place in the batch at
+        # once; its thread, which cannot be killed, stays counted against
+        # max_workers until it returns.
+        slots_follow_threads=False,
     )
     # Every agent is checked before any runs. All share two pipelines, one
     # for blocking agents and one for async ones, each calling the agent it
@@ -179,9 +183,10 @@ async def _run_pairs(
     finally:
         if run.abandoned_threads:
             logger.warning(
-                "%d agent thread(s) timed out or were cancelled and still run; "
-                "each keeps its slot until it returns (call "
-                "plait.check_cancelled() in long agents to stop them early)",
+                "%d blocking agent(s) timed out or were cancelled while their "
+                "threads still ran; each thread counts against max_workers "
+                "until it returns (call plait.check_cancelled() in long agents "
+                "to stop them early)",
                 run.abandoned_threads,
             )
     for i, result in enumerate(results):

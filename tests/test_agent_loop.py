@@ -1015,3 +1015,18 @@ def test_exported_from_plait_agents() -> None:
     assert plait.agents.AgentLoop is AgentLoop
     assert plait.agents.percentile is percentile
     assert issubclass(ToolTimeout, TimeoutError)
+
+
+async def test_latency_stats_keep_only_the_latest_max_samples() -> None:
+    loop = AgentLoop(max_samples=3)
+    for i in range(5):
+        assert (await loop.run_one(f"a{i}", echo, i)).success
+    assert loop.latency_stats()["count"] == 3
+    assert loop.latency_stats("total")["count"] == 3
+    loop.reset_metrics()
+    assert loop.latency_stats()["count"] == 0
+
+
+def test_max_samples_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match="max_samples"):
+        AgentLoop(max_samples=0)

@@ -20,6 +20,7 @@ import contextvars
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -42,7 +43,7 @@ from .._core._limits import Limiter
 from .._core._paths import index
 from .._core._retry import Retry, next_delay
 from .._core._tools import is_async_callable
-from .._core._validate import check_seconds, fail, optional_number
+from .._core._validate import check_seconds, count, fail, optional_number
 from .._core._wakeup import running_async_library
 from ._adapt import entry_point
 
@@ -95,10 +96,10 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
-    if not samples:
-        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "count": 0}
+def _stats(samples: Iterable[float]) -> dict[str, float]:
     ordered = sorted(samples)
+    if not ordered:
+        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "count": 0}
     return {
         "p50_ms": percentile(ordered, 50),
         "p95_ms": percentile(ordered, 95),
@@ -138,6 +139,9 @@ class AgentLoop:
         attempt_timeout: seconds per attempt (raising
             :class:`plait.ToolTimeout`, which the default retry retries), or
             None.
+        max_samples: how many of the latest latencies
+            :meth:`latency_stats` keeps (of each kind), so that a loop that
+            lives as long as its service has bounded memory.
 
     Works on asyncio, uvloop and Trio; one loop may be shared by tasks of
     several event loops and threads.
@@ -152,14 +156,25 @@ class AgentLoop:
     attempt_timeout: float | None = attrs.field(
         default=None, kw_only=True, validator=optional_number()
     )
+    max_samples: int = attrs.field(
+        default=100_000, kw_only=True, validator=count(minimum=1)
+    )
     _limiter: Limiter = attrs.field(init=False)
     # Threads are bounded by the loop's own slots: each attempt holds one.
     _threads: Limiter = attrs.field(
         init=False, factory=lambda: Limiter(None, "AgentLoop threads")
     )
-    _attempt_ms: list[float] = attrs.field(init=False, factory=list)
-    _total_ms: list[float] = attrs.field(init=False, factory=list)
+    _attempt_ms: deque[float] = attrs.field(init=False)
+    _total_ms: deque[float] = attrs.field(init=False)
     abandoned_threads: int = attrs.field(init=False, default=0)
+
+    @_attempt_ms.default
+    def _make_attempt_ms(self) -> deque[float]:
+        return deque(maxlen=self.max_samples)
+
+    @_total_ms.default
+    def _make_total_ms(self) -> deque[float]:
+        return deque(maxlen=self.max_samples)
 
     @_limiter.default
     def _make_limiter(self) -> Limiter:
@@ -430,8 +445,8 @@ class AgentLoop:
                 invocation, failed ones included, from its first attempt to
                 its result.
 
-        Percentiles interpolate linearly between ranks; all zero when
-        nothing was recorded.
+        Percentiles interpolate linearly between ranks, over the latest
+        ``max_samples`` latencies; all zero when nothing was recorded.
         """
         if which == "attempt":
             return _stats(self._attempt_ms)

@@ -97,22 +97,30 @@ class _Handoff:
             self._release()
 
 
+def _in_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+    # Run in a copy of the caller's context, which says "asyncio" or "trio":
+    # in the worker thread no event loop runs.
+    sniffio.current_async_library_cvar.set(None)
+    return fn(*args, **kwargs)
+
+
 async def run_in_thread(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     release: Callable[[], None],
     threads: Limiter,
-    on_abandon: Callable[[], None] | None = None,
+    on_abandon: Callable[..., None] | None = None,
+    abandon_args: tuple[Any, ...] = (),
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` on a worker thread; ``release`` frees its slots.
 
     ``threads`` bounds the worker threads running at once; a thread holds
     its slot of it until it really returns. ``release`` is called exactly
     once, when the function has returned (or will never run) and any
-    awaitable it returned has been awaited. ``on_abandon`` is called when
-    the task stops waiting while the thread still runs. The function runs in
-    a copy of the caller's context variables.
+    awaitable it returned has been awaited. ``on_abandon(*abandon_args)`` is
+    called when the task stops waiting while the thread still runs. The
+    function runs in a copy of the caller's context variables.
     """
     handoff = _Handoff(release)
     outcome: list[tuple[bool, Any]] = []  # (raised, result or exception)
@@ -122,8 +130,6 @@ async def run_in_thread(
         done = anyio.Event()
         inbox = current_inbox()
         context = contextvars.copy_context()
-        # The copy says "asyncio" or "trio"; in the thread no loop runs.
-        context.run(sniffio.current_async_library_cvar.set, None)
 
         def job() -> None:
             if not handoff.thread_starts():
@@ -131,7 +137,7 @@ async def run_in_thread(
                 return
             _local.handoff = handoff
             try:
-                outcome.append((False, context.run(fn, *args, **kwargs)))
+                outcome.append((False, context.run(_in_worker, fn, args, kwargs)))
             except BaseException as exc:
                 outcome.append((True, exc))
             finally:
@@ -151,4 +157,4 @@ async def run_in_thread(
     finally:
         handoff.task_leaves()
         if handoff.abandoned and on_abandon is not None:
-            on_abandon()
+            on_abandon(*abandon_args)

@@ -274,21 +274,9 @@ def build_invoker(
     # the call's bookkeeping itself: one coroutine per call, not three.
     single = retry is None and not run.middleware
 
-    async def call_sync(
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        template: str,
-        loc: tuple[int, ...],
-        number: int,
-        release: Callable[[], None],
-    ) -> Any:
-        def on_abandon() -> None:
-            run.abandoned_threads += 1
-            note(EventKind.THREAD_ABANDONED, template, loc, number)
-
-        return await run_in_thread(
-            fn, args, kwargs, release, thread_limiter, on_abandon
-        )
+    def on_abandon(template: str, loc: tuple[int, ...], number: int) -> None:
+        run.abandoned_threads += 1
+        note(EventKind.THREAD_ABANDONED, template, loc, number)
 
     # -- one attempt: admission, timeout, call -------------------------------
     async def attempt(
@@ -338,15 +326,16 @@ def build_invoker(
             started = _perf()
             try:
                 work = (
-                    call_sync(
+                    run_in_thread(
+                        fn,
                         args,
                         kwargs,
-                        template,
-                        loc,
-                        number,
                         (release if lims is limiters else _release_all(lims))
                         if thread_releases
                         else _nothing,
+                        thread_limiter,
+                        on_abandon,
+                        (template, loc, number),
                     )
                     if sync
                     else fn(*args, **kwargs)

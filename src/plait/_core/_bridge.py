@@ -52,8 +52,11 @@ def check_cancelled() -> None:
 
     Call it now and then inside a long sync tool so that a timeout or a
     cancellation stops the work instead of leaving it to finish unobserved.
-    Outside a worker thread started by plait it does nothing, so the tool can
-    still be called as a plain function.
+    What it raises is a ``BaseException`` (so that ``except Exception`` in
+    the tool lets it through) whose only job is to unwind the tool: nobody
+    waits for the thread's result any more. Outside a worker thread started
+    by plait it does nothing, so the tool can still be called as a plain
+    function.
     """
     handoff = getattr(_local, "handoff", None)
     if handoff is not None and handoff.task_gone:

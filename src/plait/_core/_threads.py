@@ -80,7 +80,8 @@ def _reset_after_fork() -> None:
     _pool = _Pool()  # the parent's threads do not exist in the child
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def submit(job: Callable[[], None]) -> None:

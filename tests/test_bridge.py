@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -503,10 +507,6 @@ async def test_check_cancelled_raises_cancelled_a_base_exception() -> None:
 
 
 def test_worker_threads_are_daemons_so_a_hung_tool_does_not_block_exit() -> None:
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent(
         """
         import threading, time
@@ -560,3 +560,30 @@ async def test_context_variables_of_the_caller_are_seen_by_sync_tools() -> None:
         request_id.reset(token)
     assert seen == ["req-42", "req-42"]
     assert out == ["changed in the tool", "changed in the tool"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_worker_threads_of_its_own() -> None:
+    # The parent's idle workers do not exist in a child: without the pool's
+    # after-fork reset the child's first sync call would wait forever.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import plait
+
+        def work(x):
+            return x * 2
+
+        assert plait.run(plait.Call(work, 1), tools=[work], backend="asyncio") == 2
+        pid = os.fork()
+        if pid == 0:
+            ok = plait.run(plait.Call(work, 2), tools=[work], backend="asyncio") == 4
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], timeout=30, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

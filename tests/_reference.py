@@ -32,6 +32,7 @@ from plait import Call, Failure, Fn, Lit, MapReduce, Parallel, Sequential, Var
 __all__ = [
     "MOD",
     "TOOL_RESULTS",
+    "BatchCall",
     "CallKey",
     "FailureSpec",
     "FnError",
@@ -49,6 +50,7 @@ __all__ = [
     "folds",
     "matches",
     "num",
+    "reference_batch",
     "signature",
 ]
 
@@ -605,6 +607,62 @@ def _lookup(value: Any, part: str) -> Any:
         return getattr(value, part)
     except AttributeError:
         raise plait.ExpressionError(f"no attribute {part!r}") from None
+
+
+# -- Engine.call_tools --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """What one call of an ``Engine.call_tools`` batch does under a plan.
+
+    Attributes:
+        key: the call's identity, as the tools count calls.
+        ok: whether it returns (else it fails after its last attempt).
+        value: what it returns, when ``ok``.
+        error: the signature of its error, when not ``ok``.
+        attempts: how often the tool runs (all attempts fail alike).
+    """
+
+    key: CallKey
+    ok: bool
+    value: Any = None
+    error: tuple[Any, ...] = ()
+    attempts: int = 1
+
+
+def reference_batch(
+    plan: Plan,
+    calls: Sequence[tuple[str, Mapping[str, Any]]],
+    retry: plait.Retry | None = None,
+) -> list[BatchCall]:
+    """Each call of a batch ``(tool name, kwargs)`` on its own, in order.
+
+    ``retry`` is the tools' own policy. The plan must make no call hang
+    (``call_tools`` uses the tools' own timeouts, and these have none).
+    """
+    out = []
+    for tool, kwargs in calls:
+        value, cid = _bind(**kwargs)
+        n = num(value)
+        outcome, _ = plan.call(tool, cid, n)
+        assert outcome != "hang", "no call of a batch may hang"
+        if outcome == "ok":
+            out.append(BatchCall((tool, cid, n), True, TOOL_RESULTS[tool](n, cid)))
+            continue
+        failed = ToolError(tool, cid, n)
+        retry_on = retry.retry_on if retry is not None else ()
+        attempts = (
+            retry.attempts
+            if retry is not None
+            and isinstance(retry_on, tuple)
+            and isinstance(failed, retry_on)
+            else 1
+        )
+        out.append(
+            BatchCall((tool, cid, n), False, error=signature(failed), attempts=attempts)
+        )
+    return out
 
 
 # -- comparing a real run with the reference ---------------------------------

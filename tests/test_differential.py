@@ -7,8 +7,13 @@ dict branches, ``MapReduce`` with every option, ``Call`` with ``Var``,
 timeout). Each case runs on the current backend and through the sequential
 reference in ``tests/_reference.py``; outputs, recorded failures, raised
 errors and the calls made must agree. The same runs check the invariants:
-concurrency never over a limit, every task and worker thread gone when the
+concurrency never over a limit (the engine's, a tool's, a map's, or a key's
+under ``KeyedLimit`` middleware), every task and worker thread gone when the
 run ends, sources closed, no file descriptors leaked.
+
+``Engine.call_tools`` gets the same treatment: random batches of calls to
+the same tools, in both error modes, parallel or one after another, against
+the sequential reference.
 
 Each example count comes from the ``plait-differential`` hypothesis profile
 (``tests/conftest.py``): a quick pass by default, a soak with ``--slow``.
@@ -36,7 +41,9 @@ from hypothesis import strategies as st
 import plait
 from _reference import (
     TOOL_RESULTS,
+    BatchCall,
     CallKey,
+    Leaf,
     Outcome,
     Plan,
     Reference,
@@ -47,6 +54,8 @@ from _reference import (
     folds,
     matches,
     num,
+    reference_batch,
+    signature,
 )
 from plait import Call, Failure, Fn, Lit, MapReduce, Parallel, Sequential, Var
 
@@ -67,6 +76,15 @@ RETRY = plait.Retry(
     attempts=2, initial_delay=0.001, jitter=False, retry_on=(ToolError,)
 )
 MAP_ELEMENT = re.compile(r"(?:^|\.)map\[(\d+)\]")
+# How KeyedLimit middleware keys a call (see call_key) and the keys each
+# kind gives. "tool:<name>" is also the engine's own key for a tool's limit
+# in a shared LimiterRegistry (Engine(limiters=...)).
+KEYS_OF: dict[str, tuple[str, ...]] = {
+    "tool": tuple(f"tool:{t}" for t in TOOLS),
+    "arg": ("arg:0", "arg:1", "arg:2"),
+    "cid": ("cid:0", "cid:1"),
+    "one": ("one",),
+}
 
 
 # -- random workflows --------------------------------------------------------
@@ -238,12 +256,80 @@ def steps(
     )
 
 
+def call_key(kind: str, tool: str, cid: int, n: int) -> str:
+    """The key of a call ``(tool, cid, n)`` under a keyed limit of ``kind``."""
+    if kind == "tool":
+        return f"tool:{tool}"
+    if kind == "arg":
+        return f"arg:{n % 3}"
+    if kind == "cid":
+        return f"cid:{cid % 2}"
+    return "one"
+
+
+def _value_and_cid(value: Any, cid: int = 0) -> tuple[Any, int]:
+    """The tools' signature: ``(value, cid=0)``."""
+    return value, cid
+
+
+def key_function(kind: str) -> Callable[[plait.ToolCall], str]:
+    """``KeyedLimit``'s ``key``: :func:`call_key` of the call's arguments.
+
+    The tools compute the same key from the arguments they get (middleware
+    never changes them), to count the calls in flight per key.
+    """
+
+    def key(call: plait.ToolCall) -> str:
+        value, cid = _value_and_cid(*call.args, **call.kwargs)
+        return call_key(kind, call.name, cid, num(value))
+
+    return key
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """``KeyedLimit`` middleware for a case: one per kind, the first outermost.
+
+    ``limits`` are set on the registry after the engine is built; other keys
+    stay unlimited. With ``shared`` the registry is also the engine's
+    (``Engine(limiters=...)``), so a ``tool:<name>`` key is the very limiter
+    of the tool's own limit, which a call must take once, not twice (the
+    limited tools' own keys get no other limit then).
+    """
+
+    kinds: tuple[str, ...]
+    limits: dict[str, int]
+    shared: bool
+
+
+@st.composite
+def keyeds(draw: st.DrawFn) -> Keyed:
+    """A random :class:`Keyed`."""
+    kinds = tuple(
+        draw(
+            st.lists(
+                st.sampled_from(sorted(KEYS_OF)), min_size=1, max_size=2, unique=True
+            )
+        )
+    )
+    shared = draw(st.booleans())
+    limits: dict[str, int] = {}
+    for kind in kinds:
+        for key in KEYS_OF[kind]:
+            if shared and key in ("tool:inc_lim", "tool:mul_lim"):
+                continue
+            limit = draw(st.sampled_from([None, 1, 2, 3]))
+            if limit is not None:
+                limits[key] = limit
+    return Keyed(kinds, limits, shared)
+
+
 @dataclass(frozen=True)
 class Case:
     """One differential example: a workflow, a plan, and the engine's setup.
 
     ``copies`` runs of the workflow go at once on one engine, sharing its
-    limits (the engine-wide and per-tool ones).
+    limits (the engine-wide, per-tool and keyed ones).
     """
 
     step: plait.Step
@@ -253,6 +339,7 @@ class Case:
     middleware: bool
     events: bool
     copies: int
+    keyed: Keyed | None = None
 
 
 @st.composite
@@ -280,6 +367,7 @@ def cases(draw: st.DrawFn) -> Case:
         middleware=draw(st.booleans()),
         events=draw(st.booleans()),
         copies=draw(st.sampled_from([1, 1, 2])),
+        keyed=draw(st.one_of(st.none(), st.none(), keyeds())),
     )
 
 
@@ -316,43 +404,65 @@ class Probe:
     Every tool counts its calls by ``(tool, cid, num(value))`` (to compare
     with the reference) and its calls in flight, engine-wide and per tool,
     keeping the peaks (to check the limits). Sync tools also count the worker
-    threads running tool code, which must drop to zero once a run ends. The
-    middleware, when used, counts the map elements with a call in flight per
-    ``MapReduce``: never more than the map's ``max_concurrency``. Sources
+    threads running tool code, which must drop to zero once a run ends. With
+    ``keyed`` the tools also count their calls in flight per key
+    (:func:`call_key`) of every ``KeyedLimit``. Every call's start and end go
+    to ``log``, in order. The middleware, when used, counts the map elements with a call in flight
+    per ``MapReduce``: never more than the map's ``max_concurrency``. Sources
     made by ``gen``/``agen`` are kept to check they were closed.
     """
 
-    def __init__(self, plan: Plan, tool_limits: dict[str, int]) -> None:
+    def __init__(
+        self, plan: Plan, tool_limits: dict[str, int], keyed: Keyed | None = None
+    ) -> None:
         self.plan = plan
         self.tool_limits = tool_limits
+        self.keyed = keyed
         self.lock = threading.Lock()
         self.calls: Counter[CallKey] = Counter()
+        self.log: list[tuple[str, CallKey]] = []
         self.in_flight = 0
         self.peak = 0
         self.tool_in_flight: Counter[str] = Counter()
         self.tool_peak: Counter[str] = Counter()
+        self.key_in_flight: Counter[str] = Counter()
+        self.key_peak: Counter[str] = Counter()
         self.threads_in_tools = 0
         self.sources: list[Iterator[Any] | AsyncIterator[Any]] = []
         self.elements: defaultdict[str, Counter[int]] = defaultdict(Counter)
         self.width_peak: Counter[str] = Counter()
         self.events: list[plait.Event] = []
 
+    def _limit_keys(self, key: CallKey) -> set[str]:
+        """The keys of the call ``key`` under the case's keyed limits."""
+        if self.keyed is None:
+            return set()
+        tool, cid, n = key
+        return {call_key(kind, tool, cid, n) for kind in self.keyed.kinds}
+
     def _enter(self, key: CallKey, sync: bool) -> None:
         with self.lock:
             self.calls[key] += 1
+            self.log.append(("start", key))
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
             self.tool_in_flight[key[0]] += 1
             self.tool_peak[key[0]] = max(
                 self.tool_peak[key[0]], self.tool_in_flight[key[0]]
             )
+            for k in self._limit_keys(key):
+                self.key_in_flight[k] += 1
+                self.key_peak[k] = max(self.key_peak[k], self.key_in_flight[k])
             if sync:
                 self.threads_in_tools += 1
 
-    def _leave(self, tool: str, sync: bool) -> None:
+    def _leave(self, key: CallKey, sync: bool) -> None:
         with self.lock:
+            self.log.append(("end", key))
             self.in_flight -= 1
-            self.tool_in_flight[tool] -= 1
+            self.tool_in_flight[key[0]] -= 1
+            for k in self._limit_keys(key):
+                self.key_in_flight[k] -= 1
             if sync:
                 self.threads_in_tools -= 1
 
@@ -376,7 +486,7 @@ class Probe:
                     raise ToolError(name, cid, n)
                 return result(n, cid)
             finally:
-                self._leave(name, sync=False)
+                self._leave((name, cid, n), sync=False)
 
         return call
 
@@ -403,14 +513,19 @@ class Probe:
                     raise ToolError(name, cid, n)
                 return result(n, cid)
             finally:
-                self._leave(name, sync=True)
+                self._leave((name, cid, n), sync=True)
 
         return call
 
-    def tools(self) -> list[plait.Tool]:
-        """The four tools; ``*_lim`` have a concurrency limit, ``mul*`` are sync."""
+    def tools(self, retry: plait.Retry | None = None) -> list[plait.Tool]:
+        """The four tools; ``*_lim`` have a concurrency limit, ``mul*`` are sync.
+
+        ``retry`` is the tools' own policy (``Engine.call_tools`` uses it).
+        """
         return [
-            plait.tool(name=name, concurrency_limit=self.tool_limits.get(name))(
+            plait.tool(
+                name=name, concurrency_limit=self.tool_limits.get(name), retry=retry
+            )(
                 self._sync_tool(name)
                 if name.startswith("mul")
                 else self._async_tool(name)
@@ -492,18 +607,55 @@ class Probe:
             while self.threads_in_tools:
                 await anyio.sleep(0.002)
 
-    def limit_problems(self, case: Case) -> list[str]:
-        """Peaks over the engine's, a tool's or a map's concurrency limit."""
+    def engine(
+        self,
+        engine_limit: int,
+        middleware: list[plait.Middleware],
+        retry: plait.Retry | None = None,
+    ) -> plait.Engine:
+        """An engine for these tools; the keyed limits come after ``middleware``."""
+        keyed = self.keyed
+        registry = plait.LimiterRegistry() if keyed is not None else None
+        if keyed is not None:
+            assert registry is not None
+            middleware = middleware + [
+                plait.KeyedLimit(registry, key_function(kind)) for kind in keyed.kinds
+            ]
+        engine = plait.Engine(
+            tools=self.tools(retry),
+            functions=self.functions(),
+            max_concurrency=engine_limit,
+            middleware=middleware,
+            limiters=registry if keyed is not None and keyed.shared else None,
+        )
+        if keyed is not None:
+            assert registry is not None
+            for key, limit in keyed.limits.items():
+                registry.set_limit(key, limit)
+        return engine
+
+    def flight_problems(self, engine_limit: int) -> list[str]:
+        """Peaks over the engine's, a tool's or a key's concurrency limit."""
         problems = []
-        if self.peak > case.engine_limit:
-            problems.append(
-                f"{self.peak} calls in flight, engine limit {case.engine_limit}"
-            )
+        if self.peak > engine_limit:
+            problems.append(f"{self.peak} calls in flight, engine limit {engine_limit}")
         for tool, limit in self.tool_limits.items():
             if self.tool_peak[tool] > limit:
                 problems.append(
                     f"{self.tool_peak[tool]} {tool} calls in flight, limit {limit}"
                 )
+        if self.keyed is not None:
+            for key, limit in self.keyed.limits.items():
+                if self.key_peak[key] > limit:
+                    problems.append(
+                        f"{self.key_peak[key]} calls keyed {key!r} in flight, "
+                        f"keyed limit {limit}"
+                    )
+        return problems
+
+    def limit_problems(self, case: Case) -> list[str]:
+        """Peaks over the engine's, a tool's, a key's or a map's concurrency limit."""
+        problems = self.flight_problems(case.engine_limit)
         widths = map_widths(case.step, "", case.engine_limit)
         # Concurrent copies share paths: the middleware cannot tell them apart.
         peaks = self.width_peak.items() if case.copies == 1 else ()
@@ -664,13 +816,8 @@ async def run_case(case: Case, backend: str) -> tuple[list[Ran], Probe, list[str
     Returns what each copy gave (its result, or what it raised), the probe
     with the counts, and any leaks and limits exceeded.
     """
-    probe = Probe(case.plan, case.tool_limits)
-    engine = plait.Engine(
-        tools=probe.tools(),
-        functions=probe.functions(),
-        max_concurrency=case.engine_limit,
-        middleware=[probe.watch] if case.middleware else (),
-    )
+    probe = Probe(case.plan, case.tool_limits, case.keyed)
+    engine = probe.engine(case.engine_limit, [probe.watch] if case.middleware else [])
     if case.events:
         engine.subscribe(probe.events.append)
     fds_before = psutil.Process().num_fds()
@@ -719,6 +866,198 @@ async def test_random_workflows_match_the_reference(
         event(f"failures recorded: {min(len(ran[0][0].failures), 3)}")
     event(f"calls: {min(sum(probe.calls.values()) // 10 * 10, 100)}+")
     event(f"root: {type(case.step).__name__}")
+    if case.keyed is not None:
+        event(f"keyed: {'+'.join(case.keyed.kinds)}, shared={case.keyed.shared}")
+        busy = [
+            k for k, n in probe.key_peak.items() if n >= case.keyed.limits.get(k, 0) > 0
+        ]
+        event(f"a keyed limit reached: {bool(busy)}")
+    assert not problems, "\n".join(problems)
+
+
+# -- Engine.call_tools -------------------------------------------------------
+
+
+# A batch is a flat list of calls: half the workflows' examples cover it.
+CALL_TOOLS = settings(DIFFERENTIAL, max_examples=DIFFERENTIAL.max_examples // 2)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ``call_tools`` example: the calls, a plan and the engine's setup.
+
+    Each call is ``(tool, value, cid, as_object)``: its kwargs are
+    ``value=`` and, unless ``cid`` is None, ``cid=``; with ``as_object`` the
+    registered :class:`plait.Tool` stands for its name. ``retry`` gives every
+    tool :data:`RETRY` as its own policy, which ``call_tools`` uses.
+    """
+
+    calls: tuple[tuple[str, Any, int | None, bool], ...]
+    plan: Plan
+    parallel: bool
+    collect: bool
+    engine_limit: int
+    tool_limits: dict[str, int]
+    retry: bool
+    keyed: Keyed | None
+
+    def kwargs(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(tool name, kwargs)`` of every call."""
+        return [
+            (tool, {"value": value} if cid is None else {"value": value, "cid": cid})
+            for tool, value, cid, _ in self.calls
+        ]
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    """A random :class:`Batch`; no call hangs (the tools have no timeout)."""
+    value = st.integers(0, 50) | st.lists(st.integers(0, 50), max_size=2)
+    call = st.tuples(
+        st.sampled_from(TOOLS),
+        value,
+        st.none() | st.integers(0, 5),
+        st.sampled_from([False, False, True]),
+    )
+    return Batch(
+        calls=tuple(draw(st.lists(call, max_size=8))),
+        plan=Plan(
+            seed=draw(st.integers(0, 2**16)),
+            fail_pct=draw(st.sampled_from([0, 15, 40, 40])),
+            hang_pct=0,
+        ),
+        parallel=draw(st.booleans()),
+        collect=draw(st.booleans()),
+        engine_limit=draw(st.sampled_from(ENGINE_LIMITS)),
+        tool_limits={
+            "inc_lim": draw(st.integers(1, 3)),
+            "mul_lim": draw(st.integers(1, 3)),
+        },
+        retry=draw(st.booleans()),
+        keyed=draw(st.none() | keyeds()),
+    )
+
+
+def batch_problems(
+    batch: Batch,
+    expected: list[BatchCall],
+    result: list[Any] | None,
+    error: BaseException | None,
+    probe: Probe,
+) -> list[str]:
+    """Differences between a ``call_tools`` run and the reference.
+
+    Collect mode returns every call's value, or a ``Failure`` at
+    ``calls[i]`` with the call's own error, and makes every call (every
+    attempt) once. Raise mode raises when some call fails: one after
+    another, the first failing call, after which no call starts; in parallel,
+    any of the failing calls (a group of several), and no call more often
+    than the reference says. One after another, each call (attempt) ends
+    before the next starts, in the batch's order.
+    """
+    failing = [i for i, c in enumerate(expected) if not c.ok]
+    made = expected
+    if failing and not batch.collect and not batch.parallel:
+        made = expected[: failing[0] + 1]
+    problems = []
+    if failing and not batch.collect:
+        if error is None:
+            return [f"returned {result!r}; expected call(s) {failing} to raise"]
+        allowed = failing[:1] if not batch.parallel else failing
+        leaves = frozenset(Leaf(f"calls[{i}]", expected[i].error) for i in allowed)
+        problems += check_raised(error, leaves)
+        if not batch.parallel and not isinstance(error, plait.StepFailed):
+            problems.append(f"one after another, raised a group: {error!r}")
+    elif error is not None:
+        return [f"raised {error!r}; expected a result"]
+    else:
+        assert result is not None
+        if type(result) is not list or len(result) != len(expected):
+            return [f"returned {result!r}; expected {len(expected)} results"]
+        for i, (want, got) in enumerate(zip(expected, result, strict=True)):
+            if want.ok:
+                if type(got) is not type(want.value) or got != want.value:
+                    problems.append(f"calls[{i}] gave {got!r}, expected {want.value!r}")
+            elif not (
+                isinstance(got, Failure)
+                and got.path == f"calls[{i}]"
+                and isinstance(got.error, ToolError)
+                and signature(got.error) == want.error
+            ):
+                problems.append(
+                    f"calls[{i}] gave {got!r}, expected a Failure at calls[{i}] "
+                    f"with {want.error}"
+                )
+    low: Counter[CallKey] = Counter()
+    high: Counter[CallKey] = Counter()
+    for c in made:
+        high[c.key] += c.attempts
+        if batch.collect or not batch.parallel:
+            low[c.key] += c.attempts
+    for key in set(low) | set(high) | set(probe.calls):
+        if not low[key] <= probe.calls[key] <= high[key]:
+            problems.append(
+                f"call {key} ran {probe.calls[key]} times, "
+                f"expected {low[key]}..{high[key]}"
+            )
+    if not batch.parallel:
+        order = [
+            (edge, c.key)
+            for c in made
+            for _ in range(c.attempts)
+            for edge in ("start", "end")
+        ]
+        if probe.log != order:
+            problems.append(f"one after another, ran {probe.log}, expected {order}")
+    return problems
+
+
+@pytest.mark.anyio
+@CALL_TOOLS
+@given(batch=batches())
+async def test_call_tools_matches_the_reference(
+    anyio_backend: tuple[str, dict[str, Any]], batch: Batch
+) -> None:
+    backend = backend_name(anyio_backend)
+    retry = RETRY if batch.retry else None
+    expected = reference_batch(batch.plan, batch.kwargs(), retry)
+    probe = Probe(batch.plan, batch.tool_limits, batch.keyed)
+    engine = probe.engine(batch.engine_limit, [], retry)
+    tools = engine.tools
+    calls = [
+        (tools[name] if as_object else name, kwargs)
+        for (name, kwargs), (*_, as_object) in zip(
+            batch.kwargs(), batch.calls, strict=True
+        )
+    ]
+    fds_before = psutil.Process().num_fds()
+    tasks_before = live_tasks(backend)
+    result: list[Any] | None = None
+    error: BaseException | None = None
+    with anyio.fail_after(30):
+        try:
+            result = await engine.call_tools(
+                calls,
+                parallel=batch.parallel,
+                on_error="collect" if batch.collect else "raise",
+            )
+        except (plait.StepFailed, ExceptionGroup) as raised:
+            error = raised
+    problems = batch_problems(batch, expected, result, error, probe)
+    tasks_after = live_tasks(backend)
+    if tasks_after != tasks_before:
+        problems.append(f"{tasks_before} tasks before the run, {tasks_after} after")
+    await probe.settle()
+    if probe.threads_in_tools:
+        problems.append(f"{probe.threads_in_tools} threads still run tool code")
+    problems += probe.flight_problems(batch.engine_limit)
+    problems += resource_problems(backend, fds_before)
+    event("raised" if error is not None else "returned")
+    event(f"failing calls: {min(sum(not c.ok for c in expected), 3)}")
+    event(
+        f"{'parallel' if batch.parallel else 'one by one'}, "
+        f"{'collect' if batch.collect else 'raise'}"
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -764,6 +1103,7 @@ rate_limits = st.builds(
 @given(
     engine_rate=st.none() | rate_limits,
     tool_rate=st.none() | rate_limits,
+    keyed_rate=st.one_of(st.none(), st.none(), rate_limits),
     counts=st.tuples(st.integers(0, 12), st.integers(0, 12)),
     tool_limit=st.none() | st.integers(1, 3),
     engine_limit=st.integers(1, 6),
@@ -774,6 +1114,7 @@ async def test_rate_limited_starts_never_exceed_the_bucket(
     anyio_backend: tuple[str, dict[str, Any]],
     engine_rate: plait.RateLimit | None,
     tool_rate: plait.RateLimit | None,
+    keyed_rate: plait.RateLimit | None,
     counts: tuple[int, int],
     tool_limit: int | None,
     engine_limit: int,
@@ -781,10 +1122,17 @@ async def test_rate_limited_starts_never_exceed_the_bucket(
     pauses: list[int],
 ) -> None:
     starts: dict[str, list[float]] = {"limited": [], "plain": []}
+    # Under KeyedRateLimit, keyed by the argument's parity, whatever the tool.
+    keyed_starts: dict[str, list[float]] = {"even": [], "odd": []}
+
+    def parity(call: plait.ToolCall) -> str:
+        return "odd" if call.args[0] % 2 else "even"
 
     def make(name: str) -> Callable[[int], Any]:
         async def call(i: int) -> int:
-            starts[name].append(time.monotonic())
+            now = time.monotonic()
+            starts[name].append(now)
+            keyed_starts["odd" if i % 2 else "even"].append(now)
             if pauses[i]:
                 await anyio.sleep(pauses[i] / 1000)
             return i
@@ -796,7 +1144,12 @@ async def test_rate_limited_starts_never_exceed_the_bucket(
     )(make("limited"))
     plain = plait.tool(name="plain")(make("plain"))
     engine = plait.Engine(
-        tools=[limited, plain], max_concurrency=engine_limit, rate_limit=engine_rate
+        tools=[limited, plain],
+        max_concurrency=engine_limit,
+        rate_limit=engine_rate,
+        middleware=[]
+        if keyed_rate is None
+        else [plait.KeyedRateLimit(keyed_rate, key=parity)],
     )
     wf = Parallel(
         MapReduce(Var("a"), "limited", max_concurrency=widths[0]),
@@ -817,6 +1170,9 @@ async def test_rate_limited_starts_never_exceed_the_bucket(
         problems += rate_limit_problems(
             starts["limited"] + starts["plain"], engine_rate
         )
+    if keyed_rate is not None:
+        for key, times in keyed_starts.items():
+            problems += [f"{key}: {p}" for p in rate_limit_problems(times, keyed_rate)]
     assert not problems, "\n".join(problems)
 
 
@@ -836,3 +1192,31 @@ async def test_a_container_holding_only_lit_is_evaluated() -> None:
     assert await engine.run(Call("echo", [Lit(1)])) == [1]
     assert await engine.run(Call("echo", {"k": Lit(1)})) == {"k": 1}
     assert await engine.run(Call("echo", (Lit(1),))) == (1,)
+
+
+# -- more bugs found by the differential tests, fixed -------------------------
+
+
+@pytest.mark.anyio
+async def test_unordered_reduce_failing_twice_at_once_raises_once() -> None:
+    gate = anyio.Event()
+    arrived = 0
+
+    async def meet(x: int) -> int:
+        # Every element's call returns in the same step of the event loop.
+        nonlocal arrived
+        arrived += 1
+        if arrived == 3:
+            gate.set()
+        await gate.wait()
+        return x
+
+    def refuse(acc: int, x: int) -> int:
+        raise ValueError(x)
+
+    engine = plait.Engine(tools=[meet], functions={"refuse": refuse})
+    wf = MapReduce(Var("xs"), "meet", reduce="refuse", initial=0, ordered=False)
+    with pytest.raises(plait.StepFailed) as raised:
+        await engine.run(wf, {"xs": [1, 2, 3]})
+    assert raised.value.path == "reduce"
+    assert isinstance(raised.value.error, ValueError)

@@ -414,6 +414,10 @@ class _MapRun:
         self.results: list[Any] = []
         self.pending: dict[int, Any] = {}
         self.next_fold = 0
+        # A reduce that raised in raise mode ends the step: values delivered
+        # by workers the cancellation has not reached yet are not folded (a
+        # second fold could raise a second, identical error).
+        self.fold_failed = False
         self.window_open: anyio.Event | None = None
         self.sync_iter: Iterator[Any] | None = None
         self.async_iter: AsyncIterator[Any] | None = None
@@ -626,7 +630,7 @@ class _MapRun:
             self.window_open = None
 
     def _fold(self, value: Any) -> None:
-        if isinstance(value, Failure):
+        if isinstance(value, Failure) or self.fold_failed:
             return
         if self.acc is _NOTHING:
             self.acc = value
@@ -636,6 +640,7 @@ class _MapRun:
         except Exception as error:
             path = fill(self.spec.reduce_template, self.loc)
             if not self.spec.collect:
+                self.fold_failed = True
                 raise StepFailed(path, error) from error
             self.spec.failures.append(Failure(error, path))
             self.spec.events.emit_new(

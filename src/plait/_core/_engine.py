@@ -205,13 +205,15 @@ class Engine:
         return self.events.subscribe(fn)
 
     # -- running -------------------------------------------------------------
-    def _new_run(self, threads: int | None = None) -> RunContext:
+    def _new_run(self) -> RunContext:
         return RunContext(
             events=self.events,
             engine_limiter=self._limiter,
             engine_bucket=self._bucket,
             middleware=self.middleware,
-            thread_limiter=Limiter(threads, "worker threads"),
+            # No bound of its own: the tools' and the engine's limits bound
+            # the threads (see docs/explanation/design.md).
+            thread_limiter=Limiter(None, "worker threads"),
         )
 
     def _stats(self, run: RunContext, started: float) -> RunStats:

@@ -12,7 +12,7 @@ Tools, functions and generators do not decide at random whether they fail:
 a :class:`Plan` maps the call's identity (tool, call id, argument) to a
 behaviour, so the real run and the reference agree on what every call does.
 
-Path format (from ``plait._core._paths`` and ``docs/explanation/semantics.md``):
+Path format (from ``plait._model._paths`` and ``docs/explanation/semantics.md``):
 the root is ``""``; children of ``Sequential`` and positional ``Parallel`` are
 ``steps[i]``, named branches ``steps.<key>``; a ``MapReduce`` has ``over``,
 ``reduce`` and, per element ``i``, ``map[i]``; parts are joined with dots.

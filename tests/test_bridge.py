@@ -475,7 +475,7 @@ def test_plait_run_awaits_a_returned_coroutine_on_each_backend(backend: str) -> 
 
 
 async def test_check_cancelled_raises_cancelled_a_base_exception() -> None:
-    from plait._core._bridge import Cancelled
+    from plait._concurrency._bridge import Cancelled
 
     caught: list[BaseException] = []
     swallowed: list[Exception] = []

@@ -845,7 +845,7 @@ def test_a_grant_racing_a_cancelled_waiter_and_a_closed_loop_returns_the_slot_on
     # Thread T grants the async waiter, then wakes it slowly; meanwhile the
     # waiter is cancelled and its loop closes, so the wake-up fails. The slot
     # must come back exactly once.
-    from plait._core import _wakeup
+    from plait._concurrency import _wakeup
 
     wake = _wakeup.AsyncWaiter.wake
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait._core._stats import LatencyHistogram
+from plait._model._stats import LatencyHistogram
 
 
 @settings(max_examples=60, deadline=None)

@@ -37,7 +37,7 @@ PACKAGE = "plait"
 
 
 def _runtime(path: str) -> Any:
-    """The live object at a Griffe ``path`` such as ``plait._core._retry.Retry``."""
+    """The live object at a Griffe ``path`` such as ``plait._model._retry.Retry``."""
     module_path, _, name = path.rpartition(".")
     try:
         module = importlib.import_module(module_path)

@@ -9,9 +9,11 @@ rate limits, timeouts and retries, and every task owned by a task group.
 from __future__ import annotations
 
 from . import tools
-from ._core._bridge import check_cancelled
-from ._core._engine import Engine
-from ._core._errors import (
+from ._calls._middleware import KeyedLimit, KeyedRateLimit, Middleware, Next, ToolCall
+from ._concurrency._bridge import check_cancelled
+from ._concurrency._limits import Limiter, LimiterRegistry
+from ._io import dump, json_schema, load
+from ._model._errors import (
     ConfigError,
     ExpressionError,
     PlaitError,
@@ -21,18 +23,16 @@ from ._core._errors import (
     UnknownTool,
     WorkflowError,
 )
-from ._core._events import Event, EventBus, EventKind, Subscription
-from ._core._expr import Fn, Lit, Var
-from ._core._limits import Limiter, LimiterRegistry
-from ._core._middleware import KeyedLimit, KeyedRateLimit, Middleware, Next, ToolCall
-from ._core._ratelimit import RateLimit
-from ._core._results import Failure, RunResult
-from ._core._retry import Retry
-from ._core._run import run
-from ._core._stats import RunStats, ToolStats
-from ._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
-from ._core._tools import Tool, tool
-from ._io import dump, json_schema, load
+from ._model._events import Event, EventBus, EventKind, Subscription
+from ._model._expr import Fn, Lit, Var
+from ._model._ratelimit import RateLimit
+from ._model._results import Failure, RunResult
+from ._model._retry import Retry
+from ._model._stats import RunStats, ToolStats
+from ._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from ._model._tools import Tool, tool
+from ._runtime._engine import Engine
+from ._runtime._run import run
 
 __version__ = "0.1.0.dev0"
 

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from .._core._paths import show_path
+from .._model._paths import show_path
 from ._format import count, duration, rate
 from ._tracker import RunTracker, StepProgress
 

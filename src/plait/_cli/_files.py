@@ -13,8 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._core._steps import Workflow
 from .._io import load
+from .._model._steps import Workflow
 from ._exit import CommandError
 
 __all__ = ["importable_dir", "load_file"]

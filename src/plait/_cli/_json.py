@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .._core._results import Failure
+from .._model._results import Failure
 
 __all__ = ["to_json"]
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._core._errors import StepFailed, WorkflowError
-from .._core._groups import leaves
-from .._core._paths import show_path
-from .._core._run import BACKENDS
+from .._concurrency._groups import leaves
+from .._model._errors import StepFailed, WorkflowError
+from .._model._paths import show_path
+from .._runtime._run import BACKENDS
 from ._exit import CommandError, ExitCode
 
 __all__ = ["build_parser", "main"]

@@ -20,11 +20,11 @@ from typing import Any
 
 import anyio
 
-from .._core._engine import Engine
-from .._core._errors import UnknownTool, WorkflowError
-from .._core._results import RunResult
-from .._core._run import resolve_backend, run_sync
-from .._core._steps import Workflow
+from .._model._errors import UnknownTool, WorkflowError
+from .._model._results import RunResult
+from .._model._steps import Workflow
+from .._runtime._engine import Engine
+from .._runtime._run import resolve_backend, run_sync
 from ._display import Display, LiveDisplay, NoDisplay, PlainDisplay
 from ._exit import CommandError, ExitCode
 from ._files import importable_dir, load_file

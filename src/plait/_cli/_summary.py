@@ -13,10 +13,10 @@ from typing import IO, TYPE_CHECKING
 
 import attrs
 
-from .._core._errors import StepFailed
-from .._core._paths import show_path
-from .._core._results import Failure
-from .._core._stats import ToolStats
+from .._model._errors import StepFailed
+from .._model._paths import show_path
+from .._model._results import Failure
+from .._model._stats import ToolStats
 from ._display import step_name
 from ._format import count, duration, latency
 from ._tracker import RunTracker, State, StepProgress

@@ -22,12 +22,12 @@ from typing import Any
 
 import attrs
 
-from .._core._errors import WorkflowError
-from .._core._events import Event, EventKind
-from .._core._expr import Fn, compile_expr
-from .._core._paths import child, index
-from .._core._stats import ToolCounters
-from .._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from .._model._errors import WorkflowError
+from .._model._events import Event, EventKind
+from .._model._expr import Fn, compile_expr
+from .._model._paths import child, index
+from .._model._stats import ToolCounters
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
 
 __all__ = ["KINDS", "RunTracker", "State", "StepProgress"]
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import attrs
 
-from .._core._expr import Fn, Lit, Var
-from .._core._paths import index
-from .._core._ratelimit import RateLimit
-from .._core._retry import Retry
-from .._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
-from .._core._tools import Tool
 from .._io._imports import import_path_of
+from .._model._expr import Fn, Lit, Var
+from .._model._paths import index
+from .._model._ratelimit import RateLimit
+from .._model._retry import Retry
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from .._model._tools import Tool
 from ._tracker import KINDS
 
 __all__ = ["mermaid", "text"]

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from .._core._steps import Step, Workflow
+from .._model._steps import Step, Workflow
 
 __all__ = ["dump", "json_schema", "load"]
 

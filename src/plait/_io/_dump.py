@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
-from .._core._errors import WorkflowError
-from .._core._expr import Fn, Lit, Var, is_expression
-from .._core._ratelimit import RateLimit
-from .._core._retry import Retry
-from .._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
-from .._core._tools import Tool
+from .._model._errors import WorkflowError
+from .._model._expr import Fn, Lit, Var, is_expression
+from .._model._ratelimit import RateLimit
+from .._model._retry import Retry
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from .._model._tools import Tool
 from ._form import (
     EXPRESSION_KEYS,
     STEP_DEFAULTS,

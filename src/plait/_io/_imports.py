@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .._core._expr import did_you_mean
+from .._model._expr import did_you_mean
 from ._form import IMPORT_PATH
 
 __all__ = ["ImportPathError", "exception_class", "import_path_of", "resolve"]
@@ -98,7 +98,7 @@ def import_path_of(
     """The import path that finds ``obj`` again, or None if there is none.
 
     Only modules already imported are searched, shortest public name first:
-    ``plait:ToolTimeout`` rather than ``plait._core._errors:ToolTimeout``.
+    ``plait:ToolTimeout`` rather than ``plait._model._errors:ToolTimeout``.
     ``accept`` decides whether what a path finds counts as ``obj`` (by
     default: the very same object).
     """

@@ -23,11 +23,11 @@ from typing import Any
 
 import attrs
 
-from .._core._errors import WorkflowError
-from .._core._expr import Fn, Lit, Var, did_you_mean
-from .._core._retry import Retry
-from .._core._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
-from .._core._tools import Tool, is_async_callable
+from .._model._errors import WorkflowError
+from .._model._expr import Fn, Lit, Var, did_you_mean
+from .._model._retry import Retry
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
+from .._model._tools import Tool, is_async_callable
 from ._form import (
     EXPRESSION_KEYS,
     KINDS,

@@ -19,10 +19,10 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
-from .._core._errors import WorkflowError
-from .._core._expr import did_you_mean
-from .._core._ratelimit import RateLimit
-from .._core._retry import Retry
+from .._model._errors import WorkflowError
+from .._model._expr import did_you_mean
+from .._model._ratelimit import RateLimit
+from .._model._retry import Retry
 from ._form import TOOL_KEYS
 from ._imports import ImportPathError, exception_class, resolve
 from ._problems import Loc, Problems, describe

@@ -2,7 +2,7 @@
 
 A place in a document is a *location*: a tuple of mapping keys and list
 indexes, ``("steps", 1, "map", "args", "url")``, shown as the path
-``steps[1].map.args.url`` (the format of :mod:`plait._core._paths`). The
+``steps[1].map.args.url`` (the format of :mod:`plait._model._paths`). The
 reader of YAML or JSON text maps locations to line numbers, so that each
 problem can name its line.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NoReturn
 
-from .._core._errors import WorkflowError
-from .._core._paths import child, index, show_path
+from .._model._errors import WorkflowError
+from .._model._paths import child, index, show_path
 
 __all__ = ["Loc", "Problems", "describe", "key_part", "show_loc"]
 

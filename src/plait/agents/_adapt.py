@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._core._errors import ConfigError
-from .._core._tools import Tool
+from .._model._errors import ConfigError
+from .._model._tools import Tool
 
 __all__ = ["agent_name", "agent_tool", "entry_point"]
 

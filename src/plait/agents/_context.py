@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .._core._limits import Limiter
-from .._core._wakeup import running_async_library
+from .._concurrency._limits import Limiter
+from .._concurrency._wakeup import running_async_library
 
 __all__ = ["SharedContext", "SyncContext"]
 

@@ -37,14 +37,15 @@ import sniffio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core._bridge import run_in_thread
-from .._core._errors import ConfigError, ToolTimeout
-from .._core._limits import Limiter
-from .._core._paths import index
-from .._core._retry import Retry, next_delay
-from .._core._tools import is_async_callable
-from .._core._validate import check_seconds, count, fail, optional_number
-from .._core._wakeup import running_async_library
+from .._calls._retry import next_delay
+from .._concurrency._bridge import run_in_thread
+from .._concurrency._limits import Limiter
+from .._concurrency._wakeup import running_async_library
+from .._model._errors import ConfigError, ToolTimeout
+from .._model._paths import index
+from .._model._retry import Retry
+from .._model._tools import is_async_callable
+from .._model._validate import check_seconds, count, fail, optional_number
 from ._adapt import entry_point
 
 __all__ = ["AgentLoop", "InvocationResult", "percentile"]

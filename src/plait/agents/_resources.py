@@ -23,9 +23,9 @@ from typing import Any
 import anyio
 import attrs
 
-from .._core._errors import ConfigError, WorkflowError
-from .._core._limits import Limiter
-from .._core._validate import Validator, count, number
+from .._concurrency._limits import Limiter
+from .._model._errors import ConfigError, WorkflowError
+from .._model._validate import Validator, count, number
 
 __all__ = ["ResourceMetrics", "ResourceMonitor"]
 

@@ -22,18 +22,18 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from .._core._batch import PreparedCall, run_calls
-from .._core._errors import ConfigError, StepFailed, ToolTimeout
-from .._core._events import EventBus
-from .._core._groups import raise_collapsed
-from .._core._limits import Limiter
-from .._core._paths import index
-from .._core._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
-from .._core._results import Failure
-from .._core._retry import Retry
-from .._core._run import run_sync
-from .._core._tools import Tool, is_async_callable
-from .._core._validate import check_seconds
+from .._calls._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
+from .._concurrency._groups import raise_collapsed
+from .._concurrency._limits import Limiter
+from .._model._errors import ConfigError, StepFailed, ToolTimeout
+from .._model._events import EventBus
+from .._model._paths import index
+from .._model._results import Failure
+from .._model._retry import Retry
+from .._model._tools import Tool, is_async_callable
+from .._model._validate import check_seconds
+from .._runtime._batch import PreparedCall, run_calls
+from .._runtime._run import run_sync
 from ._adapt import agent_name, entry_point
 from ._resources import ResourceMonitor
 

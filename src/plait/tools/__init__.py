@@ -18,7 +18,7 @@ process outlives its call. It works on asyncio, uvloop and Trio::
 
 from __future__ import annotations
 
-from .._core._errors import CommandFailed
+from .._model._errors import CommandFailed
 from ._shell import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_OUTPUT,

@@ -40,10 +40,10 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from .._core._errors import CommandFailed, ConfigError
-from .._core._ratelimit import RateLimit
-from .._core._retry import Retry
-from .._core._tools import Tool
+from .._model._errors import CommandFailed, ConfigError
+from .._model._ratelimit import RateLimit
+from .._model._retry import Retry
+from .._model._tools import Tool
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

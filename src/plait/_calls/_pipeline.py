@@ -21,17 +21,18 @@ from typing import Any
 import anyio
 import attrs
 
-from ._bridge import run_in_thread
-from ._errors import ConfigError, StepFailed, ToolTimeout
-from ._events import EventBus, EventKind
-from ._limits import Limiter
+from .._concurrency._bridge import run_in_thread
+from .._concurrency._bucket import TokenBucket, commit, pace, release_gates
+from .._concurrency._limits import Limiter
+from .._model._errors import ConfigError, StepFailed, ToolTimeout
+from .._model._events import EventBus, EventKind
+from .._model._paths import fill
+from .._model._results import Failure
+from .._model._retry import Retry
+from .._model._stats import ToolCounters
+from .._model._tools import Tool
 from ._middleware import Middleware, ToolCall, chain
-from ._paths import fill
-from ._ratelimit import TokenBucket, commit, pace, release_gates
-from ._results import Failure
-from ._retry import Retry, next_delay
-from ._stats import ToolCounters
-from ._tools import Tool
+from ._retry import next_delay
 
 __all__ = [
     "DirectCall",
@@ -159,7 +160,7 @@ class DirectCall:
     middleware: then the pipeline is just "hold an engine slot, call, count",
     which a ``MapReduce`` worker can do inline, keeping its slot from one
     element to the next while nobody else waits for one (see
-    :meth:`plait._core._interpret._MapRun.worker`).
+    :meth:`plait._runtime._interpret._MapRun.worker`).
     """
 
     fn: Callable[..., Awaitable[Any]]

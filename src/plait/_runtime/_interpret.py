@@ -8,7 +8,7 @@ allocation beyond the element's scope.
 A node is ``async (scope, loc) -> value``: ``scope`` is the dict of
 variables visible to the step, ``loc`` the indexes of the map elements the
 step runs under (they fill the ``{}`` slots of the node's path template, see
-:mod:`plait._core._paths`). Task-group rules: each ``Parallel`` and
+:mod:`plait._model._paths`). Task-group rules: each ``Parallel`` and
 ``MapReduce`` run owns exactly one task group, and every task it starts ends
 before the step returns or raises.
 """
@@ -25,13 +25,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import StepFailed, StepTimeout, WorkflowError
-from ._events import EventBus, EventKind
-from ._expr import Evaluator, Var, compile_expr, did_you_mean
-from ._groups import raise_collapsed
-from ._limits import Limiter
-from ._paths import child, fill, index, key
-from ._pipeline import (
+from .._calls._pipeline import (
     DirectCall,
     Invoker,
     RunContext,
@@ -39,8 +33,14 @@ from ._pipeline import (
     build_invoker,
     direct_call,
 )
-from ._results import Failure
-from ._steps import Call, MapReduce, Parallel, Sequential, Step
+from .._concurrency._groups import raise_collapsed
+from .._concurrency._limits import Limiter
+from .._model._errors import StepFailed, StepTimeout, WorkflowError
+from .._model._events import EventBus, EventKind
+from .._model._expr import Evaluator, Var, compile_expr, did_you_mean
+from .._model._paths import child, fill, index, key
+from .._model._results import Failure
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
 
 __all__ = ["Compiler", "Node", "to_failure"]
 

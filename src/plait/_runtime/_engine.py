@@ -9,21 +9,22 @@ from typing import Any, Literal
 
 import anyio
 
+from .._calls._middleware import Middleware
+from .._calls._pipeline import RunContext, ToolRuntime, build_invoker
+from .._concurrency._bucket import TokenBucket
+from .._concurrency._limits import Limiter, LimiterRegistry
+from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
+from .._model._events import EventBus, Subscriber, Subscription
+from .._model._expr import did_you_mean
+from .._model._paths import index
+from .._model._ratelimit import RateLimit
+from .._model._results import RunResult
+from .._model._stats import RunStats
+from .._model._steps import Call, Step, Workflow
+from .._model._tools import Tool
+from .._model._validate import check_seconds
 from ._batch import PreparedCall, run_calls
-from ._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
-from ._events import EventBus, Subscriber, Subscription
-from ._expr import did_you_mean
 from ._interpret import Compiler
-from ._limits import Limiter, LimiterRegistry
-from ._middleware import Middleware
-from ._paths import index
-from ._pipeline import RunContext, ToolRuntime, build_invoker
-from ._ratelimit import RateLimit, TokenBucket
-from ._results import RunResult
-from ._stats import RunStats
-from ._steps import Call, Step, Workflow
-from ._tools import Tool
-from ._validate import check_seconds
 
 __all__ = ["Engine"]
 

@@ -28,9 +28,10 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._limits import Limiter, LimiterRegistry
-from ._ratelimit import RateLimit, TokenBucket
-from ._tools import Tool
+from .._concurrency._bucket import TokenBucket
+from .._concurrency._limits import Limiter, LimiterRegistry
+from .._model._ratelimit import RateLimit
+from .._model._tools import Tool
 
 __all__ = ["KeyedLimit", "KeyedRateLimit", "Middleware", "Next", "ToolCall", "chain"]
 

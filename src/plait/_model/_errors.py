@@ -1,6 +1,6 @@
 """Every exception plait raises, under one base class.
 
-Paths in messages use the format described in :mod:`plait._core._paths`
+Paths in messages use the format described in :mod:`plait._model._paths`
 (``steps[1].map[17]``); the root step's path is the empty string, shown as
 ``<root>``.
 """

@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 
+from .._concurrency._groups import leaves
+from .._concurrency._wakeup import running_async_library
+from .._model._steps import Step, Workflow
 from ._engine import Engine, ToolSpec
-from ._groups import leaves
-from ._steps import Step, Workflow
-from ._wakeup import running_async_library
 
 __all__ = ["resolve_backend", "run", "run_sync"]
 

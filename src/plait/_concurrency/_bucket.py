@@ -1,4 +1,4 @@
-"""Token-bucket rate limits: the spec (:class:`RateLimit`) and its live bucket."""
+"""The live token bucket of a :class:`plait.RateLimit`, and how calls wait on it."""
 
 from __future__ import annotations
 
@@ -7,37 +7,11 @@ import time
 from collections.abc import Callable
 
 import anyio
-import attrs
 
+from .._model._ratelimit import RateLimit
 from ._limits import Limiter
-from ._validate import number, optional_count
 
-__all__ = ["RateLimit", "TokenBucket", "commit", "pace", "release_gates"]
-
-
-@attrs.frozen
-class RateLimit:
-    """At most ``rate`` calls per ``per`` seconds, with bursts of ``burst``.
-
-    A token bucket: it holds up to ``burst`` tokens (``rate`` when ``burst``
-    is None, and never less than one), refills at ``rate / per`` tokens a
-    second, and every call (every attempt of a retried call) takes one. Over
-    any window of ``w`` seconds at most ``burst + w * rate / per`` calls
-    start, whatever else the calls wait for. Waiters are served first come,
-    first served.
-
-    A ``RateLimit`` is only a description; each engine, tool or key gets its
-    own bucket from it.
-    """
-
-    rate: float = attrs.field(validator=number())
-    per: float = attrs.field(default=1.0, validator=number())
-    burst: int | None = attrs.field(default=None, validator=optional_count(minimum=1))
-
-    @property
-    def capacity(self) -> float:
-        """How many tokens the bucket holds when full."""
-        return float(self.burst) if self.burst is not None else max(1.0, self.rate)
+__all__ = ["TokenBucket", "commit", "pace", "release_gates"]
 
 
 class TokenBucket:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import attrs
 
 from ._validate import count, fail, number
 
-__all__ = ["Retry", "RetryOn", "next_delay"]
+__all__ = ["Retry", "RetryOn"]
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -100,21 +98,3 @@ class Retry:
             grown = self.max_delay if self.initial_delay else 0.0
         base = min(self.max_delay, grown)
         return random.uniform(0.0, base) if self.jitter else base
-
-
-def next_delay(
-    policy: Retry, failed_attempts: int, error: BaseException
-) -> float | None:
-    """Seconds to sleep before the next attempt, or None to give up now.
-
-    Gives up when ``error`` is not retried, the attempts are used up, or the
-    sleep would run past the enclosing deadline (it would only end in a
-    cancellation hiding the real error). Call it in the task that retries.
-    """
-    if failed_attempts >= policy.attempts or not policy.should_retry(error):
-        return None
-    delay = policy.delay(failed_attempts)
-    deadline = anyio.current_effective_deadline()
-    if deadline != math.inf and anyio.current_time() + delay >= deadline:
-        return None
-    return delay

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 
-from ._errors import ConfigError
+from .._model._errors import ConfigError
 from ._wakeup import AsyncWaiter, ThreadWaiter, running_async_library
 
 __all__ = ["Limiter", "LimiterRegistry"]

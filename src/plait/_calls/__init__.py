@@ -1,0 +1,1 @@
+"""One tool call: admission, attempt, retry and middleware, composed once per tool."""

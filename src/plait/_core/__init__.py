@@ -1,1 +1,0 @@
-"""plait's private implementation; import from :mod:`plait` instead."""

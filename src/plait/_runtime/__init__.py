@@ -1,0 +1,1 @@
+"""The engine: compiling step trees, running them, batches, and ``plait.run``."""

@@ -3,21 +3,38 @@
 Usage::
 
     python benchmarks/overhead.py [--items N] [--repeat R] [--quick]
-                                  [--memory-items M] [--backends B,B]
-                                  [--tracemalloc] [--json PATH]
+                                  [--shapes S,S] [--backends B,B] [--check]
+                                  [--memory-items M] [--tracemalloc]
+                                  [--no-overhead] [--no-memory] [--json PATH]
 
-**Overhead.** For each backend (asyncio, asyncio+uvloop, trio) and two tools,
-a ``MapReduce`` of ``--items`` elements at ``max_concurrency=100`` runs
-against a hand-written AnyIO worker pool doing the same work: 100 workers in
-one task group pulling ``(index, element)`` pairs from a shared iterator,
-awaiting the same tool and storing results by index. Both run in the same
-process on the same event loop, interleaved (baseline, plait, plait,
-baseline, ...) ``--repeat`` times; the table shows the median microseconds
-per item of each and their ratio, by the wall clock and by the process's CPU
-time (steadier than the wall clock on a busy machine: both contenders are
-CPU-bound, so time another process takes is the only difference). The headline tool yields to the event loop
-once per call, as any real async I/O tool does; the second never yields and
-shows the bare bookkeeping cost, for transparency.
+**Overhead.** For each backend (asyncio, asyncio+uvloop, trio) and each of
+six call shapes, a ``MapReduce`` of ``--items`` elements at
+``max_concurrency=100`` runs against a hand-written AnyIO worker pool doing
+the same work: 100 workers in one task group pulling ``(index, element)``
+pairs from a shared iterator and storing results by index, with the same
+arguments, the same awaits, an ``anyio.CapacityLimiter`` where plait has a
+tool limit and a plain function call per event where plait has a
+subscriber. The tool yields to the event loop once per call, as any real
+async I/O tool does. The shapes:
+
+- ``positional``: ``Call(t, Var("item"))``.
+- ``keyword``: ``Call("t", x=Var("item"))``, what YAML ``args:`` mappings
+  produce.
+- ``attr-two-args``: ``Call("t2", Var("item.a"), y=Lit(1))`` over dicts.
+- ``sequential``: ``Sequential(Call(t, Var("item"), name="a"),
+  Call(t, Var("a")))``, two calls per element.
+- ``subscriber``: ``keyword`` with one subscriber counting events; the pool
+  calls the same function before and after each call.
+- ``tool-limit``: ``keyword`` with ``concurrency_limit=50`` on the tool; the
+  pool wraps each call in a shared ``CapacityLimiter(50)``.
+
+Both contenders run in the same process on the same event loop, interleaved
+(baseline, plait, plait, baseline, ...) ``--repeat`` times; the table shows
+the median microseconds per item of each and their ratio, by the wall clock
+and by the process's CPU time (steadier than the wall clock on a busy
+machine: both contenders are CPU-bound, so time another process takes is the
+only difference). A row passes when its wall-clock ratio is at most
+``TARGET_RATIO``; ``--check`` makes a failing row fail the script.
 
 **Memory.** For each backend, in a fresh subprocess, a lazy ``MapReduce``
 over a generator of ``--memory-items`` elements with ``reduce=operator.add``
@@ -40,7 +57,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -54,54 +72,163 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "trio": ("trio", {}),
 }
 WORKERS = 100
-TARGET_RATIO = 1.5
+TOOL_LIMIT = 50
+TARGET_RATIO = 1.3
 TARGET_GROWTH_MB = 50.0
 MB = 1024 * 1024
 
-ToolFn = Callable[[int], Awaitable[int]]
 
-
-async def yielding_tool(x: int) -> int:
-    """A tool that yields to the event loop once, like any async I/O call."""
+async def t(x: int) -> int:
+    """The tool: yields to the event loop once, like any async I/O call."""
     await anyio.lowlevel.checkpoint()
     return x * 2
 
 
-async def plain_tool(x: int) -> int:
-    """A tool that never yields: the bare cost of the bookkeeping around it."""
-    return x * 2
+async def t2(a: int, y: int) -> int:
+    """A two-argument tool, for a field of the item and a literal."""
+    await anyio.lowlevel.checkpoint()
+    return a * 2 + y
 
 
-TOOLS: dict[str, ToolFn] = {"yielding": yielding_tool, "non-yielding": plain_tool}
+# -- the shapes ----------------------------------------------------------------
+Pairs = Iterator[tuple[int, Any]]
+Worker = Callable[[Pairs, list[Any]], Coroutine[Any, Any, None]]
 
 
-# -- the two contenders --------------------------------------------------------
-async def baseline_pool(fn: ToolFn, xs: Sequence[int], workers: int) -> list[Any]:
-    """The hand-written pool plait is measured against."""
-    results: list[Any] = [None] * len(xs)
-    pairs = iter(enumerate(xs))
+class EventCounter:
+    """A trivial subscriber: counts the calls made to it."""
 
-    async def worker() -> None:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, event: object) -> None:
+        self.n += 1
+
+
+@dataclass(frozen=True)
+class Contest:
+    """One shape's two contenders, built inside the event loop that runs them.
+
+    Attributes:
+        engine: the plait engine, with the shape's tools and subscribers.
+        step: the map step of the plait ``MapReduce``.
+        worker: one worker of the hand-written pool: takes ``(index,
+            element)`` pairs until they run out, storing results by index.
+        element: builds the i-th input element.
+        events: the subscriber, if the shape has one.
+    """
+
+    engine: plait.Engine
+    step: plait.Step
+    worker: Worker
+    element: Callable[[int], Any] = int
+    events: EventCounter | None = None
+
+
+def positional() -> Contest:
+    """``Call(t, Var("item"))``: the tool by value, one positional argument."""
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
         for i, x in pairs:
-            results[i] = await fn(x)
+            results[i] = await t(x)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(workers):
-            tg.start_soon(worker)
-    return results
+    call = plait.Call(t, plait.Var("item"))
+    return Contest(plait.Engine(tools=[t]), call, by_hand)
 
 
-def map_workflow(fn: ToolFn, workers: int, **options: Any) -> plait.MapReduce:
-    """``MapReduce(Var("xs"), Call(fn, Var("item")))`` at ``workers`` wide."""
-    return plait.MapReduce(
-        plait.Var("xs"),
-        plait.Call(fn, plait.Var("item")),
-        max_concurrency=workers,
-        **options,
+def keyword() -> Contest:
+    """``Call("t", x=Var("item"))``: the tool by name, a keyword argument."""
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
+        for i, x in pairs:
+            results[i] = await t(x=x)
+
+    call = plait.Call("t", x=plait.Var("item"))
+    return Contest(plait.Engine(tools=[t]), call, by_hand)
+
+
+def attr_two_args() -> Contest:
+    """``Call("t2", Var("item.a"), y=Lit(1))``: a field of a dict and a literal."""
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
+        for i, item in pairs:
+            results[i] = await t2(item["a"], y=1)
+
+    call = plait.Call("t2", plait.Var("item.a"), y=plait.Lit(1))
+    return Contest(plait.Engine(tools=[t2]), call, by_hand, lambda i: {"a": i})
+
+
+def sequential() -> Contest:
+    """Two calls per element, the second reading the first's named result."""
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
+        for i, x in pairs:
+            a = await t(x)
+            results[i] = await t(a)
+
+    step = plait.Sequential(
+        plait.Call(t, plait.Var("item"), name="a"), plait.Call(t, plait.Var("a"))
     )
+    return Contest(plait.Engine(tools=[t]), step, by_hand)
+
+
+def subscriber() -> Contest:
+    """``keyword`` with one subscriber; by hand, a call before and after each.
+
+    plait may emit more events than that per element (today it also emits
+    step events for each element's ``Call``); those count as plait's cost,
+    and the result reports how many it emitted.
+    """
+    events = EventCounter()
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
+        for i, x in pairs:
+            events(x)
+            results[i] = await t(x=x)
+            events(x)
+
+    engine = plait.Engine(tools=[t])
+    engine.subscribe(events)
+    call = plait.Call("t", x=plait.Var("item"))
+    return Contest(engine, call, by_hand, events=events)
+
+
+def tool_limit() -> Contest:
+    """``keyword`` with ``concurrency_limit=50`` on the tool; by hand, a limiter."""
+    limiter = anyio.CapacityLimiter(TOOL_LIMIT)
+
+    async def by_hand(pairs: Pairs, results: list[Any]) -> None:
+        for i, x in pairs:
+            async with limiter:
+                results[i] = await t(x=x)
+
+    engine = plait.Engine(tools=[plait.tool(concurrency_limit=TOOL_LIMIT)(t)])
+    return Contest(engine, plait.Call("t", x=plait.Var("item")), by_hand)
+
+
+SHAPES: dict[str, Callable[[], Contest]] = {
+    "positional": positional,
+    "keyword": keyword,
+    "attr-two-args": attr_two_args,
+    "sequential": sequential,
+    "subscriber": subscriber,
+    "tool-limit": tool_limit,
+}
 
 
 # -- overhead ------------------------------------------------------------------
+async def baseline_pool(worker: Worker, xs: Sequence[Any], workers: int) -> list[Any]:
+    """The hand-written pool plait is measured against."""
+    results: list[Any] = [None] * len(xs)
+    pairs = iter(enumerate(xs))
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker, pairs, results)
+    return results
+
+
 async def _time(run: Callable[[], Awaitable[Any]]) -> tuple[float, float, Any]:
     """Wall and CPU seconds of ``await run()``, and its value."""
     gc.collect()
@@ -117,23 +244,27 @@ Samples = dict[str, list[float]]
 
 
 async def _overhead_session(
-    fn: ToolFn, items: int, repeat: int, workers: int
-) -> Samples:
-    xs = list(range(items))
-    expected = [2 * x for x in xs]
-    engine = plait.Engine(tools=[fn])
-    wf = map_workflow(fn, workers)
+    shape: str, items: int, repeat: int, workers: int
+) -> tuple[Samples, float | None]:
+    """Timed runs of both contenders, and plait's events per item if counted."""
+    contest = SHAPES[shape]()
+    xs = [contest.element(i) for i in range(items)]
+    wf = plait.MapReduce(plait.Var("xs"), contest.step, max_concurrency=workers)
 
     async def run_baseline() -> list[Any]:
-        return await baseline_pool(fn, xs, workers)
+        return await baseline_pool(contest.worker, xs, workers)
 
     async def run_plait() -> Any:
-        return await engine.run(wf, {"xs": xs})
+        return await contest.engine.run(wf, {"xs": xs})
 
-    # Warm both paths up (imports, caches, the loop's internals) untimed.
-    warm = xs[: min(items, 2000)]
-    await baseline_pool(fn, warm, workers)
-    await engine.run(wf, {"xs": warm})
+    # One untimed run of each warms up imports, caches and the loop's
+    # internals, and gives the result every timed run must reproduce.
+    expected = await run_baseline()
+    if contest.events is not None:
+        contest.events.n = 0
+    if await run_plait() != expected:
+        raise AssertionError(f"plait and the baseline disagree on {shape}")
+    events = None if contest.events is None else contest.events.n / items
 
     runs = {"baseline": run_baseline, "plait": run_plait}
     samples: Samples = {f"{w}_{c}": [] for w in runs for c in ("wall", "cpu")}
@@ -144,16 +275,16 @@ async def _overhead_session(
         for which in order:
             wall, cpu, value = await _time(runs[which])
             if value != expected:
-                raise AssertionError(f"{which} gave a wrong result")
+                raise AssertionError(f"{which} gave a wrong result on {shape}")
             samples[f"{which}_wall"].append(wall)
             samples[f"{which}_cpu"].append(cpu)
-    return samples
+    return samples, events
 
 
 def measure_overhead(
     backend: str,
-    variant: str = "yielding",
-    items: int = 100_000,
+    shape: str = "positional",
+    items: int = 20_000,
     repeat: int = 7,
     workers: int = WORKERS,
 ) -> dict[str, Any]:
@@ -161,15 +292,16 @@ def measure_overhead(
 
     Returns a dict with ``baseline_us``, ``plait_us`` and ``ratio`` (wall
     clock), ``baseline_cpu_us``, ``plait_cpu_us`` and ``cpu_ratio`` (process
-    CPU time), and the raw per-run samples in microseconds per item
-    (``baseline_samples_us``, ``plait_samples_us``, ``baseline_cpu_samples_us``,
-    ``plait_cpu_samples_us``) and their minimums (``min_us``).
+    CPU time), ``passed`` (``ratio <= TARGET_RATIO``), ``plait_events_per_item``
+    (None unless the shape has a subscriber), and the raw per-run samples in
+    microseconds per item (``baseline_samples_us``, ``plait_samples_us``,
+    ``baseline_cpu_samples_us``, ``plait_cpu_samples_us``) and their minimums
+    (``min_us``).
     """
     name, options = BACKENDS[backend]
-    fn = TOOLS[variant]
-    samples = anyio.run(
+    samples, events = anyio.run(
         _overhead_session,
-        fn,
+        shape,
         items,
         repeat,
         workers,
@@ -179,18 +311,21 @@ def measure_overhead(
     per_item = 1e6 / items
     us = {k: [s * per_item for s in v] for k, v in samples.items()}
     med = {k: statistics.median(v) for k, v in us.items()}
+    ratio = med["plait_wall"] / med["baseline_wall"]
     return {
         "backend": backend,
-        "tool": variant,
+        "shape": shape,
         "items": items,
         "repeat": repeat,
         "workers": workers,
         "baseline_us": med["baseline_wall"],
         "plait_us": med["plait_wall"],
-        "ratio": med["plait_wall"] / med["baseline_wall"],
+        "ratio": ratio,
         "baseline_cpu_us": med["baseline_cpu"],
         "plait_cpu_us": med["plait_cpu"],
         "cpu_ratio": med["plait_cpu"] / med["baseline_cpu"],
+        "passed": ratio <= TARGET_RATIO,
+        "plait_events_per_item": events,
         "min_us": {k: min(v) for k, v in us.items()},
         "baseline_samples_us": us["baseline_wall"],
         "plait_samples_us": us["plait_wall"],
@@ -236,8 +371,13 @@ class RssSampler:
 
 async def lazy_map_reduce(items: int, workers: int = WORKERS) -> Any:
     """A reduce over a generator of ``items`` elements; returns the sum."""
-    engine = plait.Engine(tools=[yielding_tool])
-    wf = map_workflow(yielding_tool, workers, reduce=operator.add)
+    engine = plait.Engine(tools=[t])
+    wf = plait.MapReduce(
+        plait.Var("xs"),
+        plait.Call(t, plait.Var("item")),
+        max_concurrency=workers,
+        reduce=operator.add,
+    )
     return await engine.run(wf, {"xs": (i for i in range(items))})
 
 
@@ -352,16 +492,14 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def overhead_table(results: Sequence[dict[str, Any]]) -> str:
+    """The per-shape, per-backend overhead results as a text table."""
     rows = []
     for r in results:
         spread = max(r["plait_samples_us"]) - min(r["plait_samples_us"])
-        verdict = ""
-        if r["tool"] == "yielding":
-            verdict = "ok" if r["ratio"] <= TARGET_RATIO else "OVER"
         rows.append(
             [
                 r["backend"],
-                r["tool"],
+                r["shape"],
                 f"{r['baseline_us']:.2f}",
                 f"{r['plait_us']:.2f}",
                 f"{r['plait_us'] - r['baseline_us']:+.2f}",
@@ -370,12 +508,12 @@ def overhead_table(results: Sequence[dict[str, Any]]) -> str:
                 f"{r['baseline_cpu_us']:.2f}",
                 f"{r['plait_cpu_us']:.2f}",
                 f"{r['cpu_ratio']:.2f}",
-                verdict,
+                "PASS" if r["passed"] else "FAIL",
             ]
         )
     headers = [
         "backend",
-        "tool",
+        "shape",
         "baseline us",
         "plait us",
         "delta",
@@ -384,9 +522,22 @@ def overhead_table(results: Sequence[dict[str, Any]]) -> str:
         "baseline cpu us",
         "plait cpu us",
         "cpu ratio",
-        f"<= {TARGET_RATIO}",
+        f"ratio <= {TARGET_RATIO}",
     ]
     return _table(headers, rows)
+
+
+def worst_shapes(results: Sequence[dict[str, Any]]) -> str:
+    """One line per backend naming its worst shape by wall-clock ratio."""
+    worst: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r["backend"] not in worst or r["ratio"] > worst[r["backend"]]["ratio"]:
+            worst[r["backend"]] = r
+    return "\n".join(
+        f"worst on {b}: {r['shape']} at {r['ratio']:.2f} "
+        f"({'PASS' if r['passed'] else 'FAIL'})"
+        for b, r in worst.items()
+    )
 
 
 def memory_table(results: Sequence[dict[str, Any]]) -> str:
@@ -421,16 +572,31 @@ def memory_table(results: Sequence[dict[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def _choose(
+    parser: argparse.ArgumentParser, flag: str, value: str, choices: Iterable[str]
+) -> list[str]:
+    """Split a comma-separated ``value``, rejecting names not in ``choices``."""
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    choices = list(choices)
+    for v in chosen:
+        if v not in choices:
+            parser.error(
+                f"{flag}: unknown name {v!r}; choose from {', '.join(choices)}"
+            )
+    return chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks the flags select; print tables, optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=None, help="default 100000")
+    parser.add_argument("--items", type=int, default=None, help="default 20000")
     parser.add_argument("--repeat", type=int, default=None, help="default 7")
     parser.add_argument("--memory-items", type=int, default=None, help="default 1e6")
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 20000 items, 3 repeats, 200000 for memory",
+        help="a smoke run: 5000 items, 3 repeats, 200000 for memory",
     )
     parser.add_argument(
         "--backends",
@@ -438,7 +604,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated subset of " + ", ".join(BACKENDS),
     )
     parser.add_argument(
-        "--tools", default=",".join(TOOLS), help="comma-separated subset of tools"
+        "--shapes",
+        default=",".join(SHAPES),
+        help="comma-separated subset of " + ", ".join(SHAPES),
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 if any shape's ratio is over {TARGET_RATIO}",
     )
     parser.add_argument("--no-overhead", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -451,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-child", metavar="BACKEND", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    items = args.items or (20_000 if args.quick else 100_000)
+    items = args.items or (5_000 if args.quick else 20_000)
     repeat = args.repeat or (3 if args.quick else 7)
     memory_items = args.memory_items or (200_000 if args.quick else 1_000_000)
 
@@ -462,14 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    for b in backends:
-        if b not in BACKENDS:
-            parser.error(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
-    for t in tools:
-        if t not in TOOLS:
-            parser.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
+    backends = _choose(parser, "--backends", args.backends, BACKENDS)
+    shapes = _choose(parser, "--shapes", args.shapes, SHAPES)
 
     versions = _versions()
     print(" ".join(f"{k}={v}" for k, v in versions.items()))
@@ -481,10 +648,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median of {repeat} interleaved runs:"
         )
         for b in backends:
-            for t in tools:
-                overhead.append(measure_overhead(b, t, items, repeat, args.workers))
-                print(f"  ... {b} / {t} done", file=sys.stderr)
+            for s in shapes:
+                overhead.append(measure_overhead(b, s, items, repeat, args.workers))
+                print(f"  ... {b} / {s} done", file=sys.stderr)
         print(overhead_table(overhead))
+        print(worst_shapes(overhead))
+        for r in overhead:
+            if r["plait_events_per_item"] is not None:
+                print(
+                    f"{r['backend']} / {r['shape']}: plait emitted "
+                    f"{r['plait_events_per_item']:.2f} events per item, "
+                    f"the baseline 2 calls"
+                )
     if not args.no_memory:
         print(
             f"\nPeak RSS growth, lazy MapReduce over a generator of "
@@ -511,6 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=2,
             )
         print(f"\nwrote {args.json}")
+    if args.check and not all(r["passed"] for r in overhead):
+        return 1
     return 0
 
 

@@ -12,6 +12,14 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BACKENDS = ["asyncio", "uvloop", "trio"]
+SHAPES = [
+    "positional",
+    "keyword",
+    "attr-two-args",
+    "sequential",
+    "subscriber",
+    "tool-limit",
+]
 
 
 def _load(name: str) -> ModuleType:
@@ -33,18 +41,27 @@ def overhead() -> ModuleType:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("tool", ["yielding", "non-yielding"])
-def test_overhead_runs(overhead: ModuleType, backend: str, tool: str) -> None:
-    result = overhead.measure_overhead(backend, tool, items=500, repeat=2)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_overhead_runs(overhead: ModuleType, backend: str, shape: str) -> None:
+    result = overhead.measure_overhead(backend, shape, items=200, repeat=2)
     assert result["backend"] == backend
-    assert result["tool"] == tool
+    assert result["shape"] == shape
     assert len(result["baseline_samples_us"]) == 2
     assert len(result["plait_samples_us"]) == 2
     assert result["baseline_us"] > 0
     assert result["plait_us"] > 0
     assert result["ratio"] == pytest.approx(result["plait_us"] / result["baseline_us"])
     assert result["cpu_ratio"] > 0
+    assert result["passed"] == (result["ratio"] <= overhead.TARGET_RATIO)
+    if shape == "subscriber":
+        assert result["plait_events_per_item"] >= 2
+    else:
+        assert result["plait_events_per_item"] is None
     assert "plait us" in overhead.overhead_table([result])
+
+
+def test_every_shape_is_smoke_tested(overhead: ModuleType) -> None:
+    assert list(overhead.SHAPES) == SHAPES
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -73,9 +90,35 @@ def test_script_end_to_end(
     assert "ratio" in printed
     assert "growth MB" in printed
     data = json.loads(out.read_text())
-    assert [r["tool"] for r in data["overhead"]] == ["yielding", "non-yielding"]
+    assert [r["shape"] for r in data["overhead"]] == SHAPES
     assert data["memory"][0]["backend"] == "trio"
     assert data["memory"][0]["items"] == 300
+
+
+def test_script_shapes_and_check(
+    overhead: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "results.json"
+    argv = ["--items", "200", "--repeat", "1", "--no-memory", "--backends", "asyncio"]
+    argv += ["--shapes", "keyword,sequential", "--json", str(out)]
+    # The verdicts come from TARGET_RATIO; pin it so the exit code is known.
+    monkeypatch.setattr(overhead, "TARGET_RATIO", 0.0)
+    assert overhead.main(argv) == 0
+    assert overhead.main([*argv, "--check"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    monkeypatch.setattr(overhead, "TARGET_RATIO", float("inf"))
+    assert overhead.main([*argv, "--check"]) == 0
+    data = json.loads(out.read_text())
+    assert [r["shape"] for r in data["overhead"]] == ["keyword", "sequential"]
+    assert data["memory"] == []
+
+
+def test_script_rejects_unknown_shape(overhead: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        overhead.main(["--shapes", "keyword,nope", "--no-memory"])
 
 
 def test_cancel_latency_script_end_to_end(

@@ -65,6 +65,9 @@ class Boom(Exception):
     """The one failure of the fail-fast job."""
 
 
+BOOM = "the one failing call"
+
+
 # Agents ---------------------------------------------------------------------
 
 
@@ -142,9 +145,13 @@ def check_sum(total: Any, n: int) -> str | None:
     if inspect.iscoroutine(total):
         total.close()
         return "an un-awaited coroutine returned as the sum"
-    if total != expected_sum(n):
-        return f"sum {total!r}, expected {expected_sum(n)}"
-    return None
+    if isinstance(total, int):
+        if total == expected_sum(n):
+            return None
+        return f"sum {total}, expected {expected_sum(n)}"
+    if "coroutine object" in repr(total)[:2000]:
+        return "coroutines returned as strings"
+    return f"{type(total).__name__} returned instead of the sum"
 
 
 def lazy_items(n: int) -> Iterator[int]:
@@ -242,9 +249,10 @@ class Siblings:
         return self.started >= self.pending
 
     def fail(self) -> Boom:
-        """Note the moment of the failure; the caller raises what it returns."""
-        self.failed_at = time.perf_counter()
-        return Boom("the one failing call")
+        """Note the first failure's moment; the caller raises what it returns."""
+        if self.failed_at is None:  # a retried call fails more than once
+            self.failed_at = time.perf_counter()
+        return Boom(BOOM)
 
     def caught(self, error: BaseException | None) -> None:
         """The error reached the code that started the job."""
@@ -265,12 +273,12 @@ class Siblings:
             return "the failing call never ran"
         if self.caught_at is None or self.error is None:
             return "no error reached the caller"
-        if not _caused_by_boom(self.error):
-            return f"the caller got {type(self.error).__name__}, not the failure"
         if self.ran_to_end:
             return f"{self.ran_to_end} siblings ran to their end, not stopped"
         if self.running_when_caught:
             return f"{self.running_when_caught} siblings still running at the error"
+        if not _caused_by_boom(self.error):
+            return f"the caller got {type(self.error).__name__}, not the failure"
         return None
 
     def seconds(self) -> tuple[float, float]:
@@ -320,7 +328,7 @@ def blocking_failing(siblings: Siblings) -> int:
 
 
 def _caused_by_boom(error: BaseException | None) -> bool:
-    """Whether ``error`` is, wraps or groups a :class:`Boom`."""
+    """Whether ``error`` is, wraps or groups a :class:`Boom`, or names it."""
     seen: set[int] = set()
     stack = [error]
     while stack:
@@ -328,7 +336,7 @@ def _caused_by_boom(error: BaseException | None) -> bool:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, Boom):
+        if isinstance(e, Boom) or BOOM in str(e):  # or wraps it as text
             return True
         stack += [e.__cause__, e.__context__]
         stack += list(getattr(e, "exceptions", ()))

@@ -57,10 +57,10 @@ def _pins_file(name: str) -> Path:
 def build(name: str, force: bool = False) -> bool:
     """Create (or keep) peer ``name``'s environment; True when it is usable."""
     wanted = "\n".join(PINS[name])
-    if not force and _pins_file(name).exists():
-        if _pins_file(name).read_text(encoding="utf-8") == wanted:
-            print(f"{name}: kept ({', '.join(PINS[name])})")
-            return True
+    pins = _pins_file(name)
+    if not force and pins.exists() and pins.read_text(encoding="utf-8") == wanted:
+        print(f"{name}: kept ({', '.join(PINS[name])})")
+        return True
     target = ENVS / name
     venv.EnvBuilder(clear=True, with_pip=True).create(target)
     command = [str(env_python(name)), "-m", "pip", "install", "-q"]

@@ -28,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,19 @@ def interpreter(system: str) -> tuple[str | None, str | None]:
 
 def call_runner(python: str, args: list[str], timeout: float) -> dict[str, Any]:
     """Run ``runner.py`` with ``args``; its JSON, or ``{"error": why}``."""
-    try:
-        done = subprocess.run(
-            [python, str(HERE / "runner.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=HERE,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"runner did not finish in {timeout:.0f} s"}
+    # A scratch directory: some peers write workspaces and logs where they run.
+    with tempfile.TemporaryDirectory(prefix="plait-peers-") as scratch:
+        try:
+            done = subprocess.run(
+                [python, str(HERE / "runner.py"), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=scratch,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"runner did not finish in {timeout:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(MARKER):
             doc: dict[str, Any] = json.loads(line[len(MARKER) :])

@@ -30,10 +30,22 @@ import attrs
 
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
+from .._model._errors import ConfigError
+from .._model._paths import fill
 from .._model._ratelimit import RateLimit
 from .._model._tools import Tool
+from ._admission import Admission, admission
+from ._attempt import Attempt
 
-__all__ = ["KeyedLimit", "KeyedRateLimit", "Middleware", "Next", "ToolCall", "chain"]
+__all__ = [
+    "KeyedLimit",
+    "KeyedRateLimit",
+    "Middleware",
+    "Next",
+    "ToolCall",
+    "chain",
+    "with_middleware",
+]
 
 
 @attrs.frozen
@@ -105,6 +117,51 @@ def _link(mw: Middleware, call_next: Next) -> Next:
         return mw(call, call_next)
 
     return handler
+
+
+def with_middleware(
+    attempt: Attempt,
+    tool: Tool,
+    middleware: tuple[Middleware, ...],
+    limiters: tuple[Limiter, ...],
+    buckets: tuple[TokenBucket, ...],
+) -> Attempt:
+    """Run ``middleware`` around every ``attempt`` of ``tool``'s calls.
+
+    ``limiters`` and ``buckets`` are the call's own limits: limits a
+    middleware adds to the :class:`ToolCall` are taken together with them.
+    """
+
+    async def core(c: ToolCall) -> Any:
+        if c.tool is not tool:
+            raise ConfigError(
+                f"middleware replaced ToolCall.tool ({tool.name!r} with "
+                f"{c.tool.name!r}); a middleware may change the arguments, "
+                "not the tool"
+            )
+        extra = None
+        if c.limiters or c.buckets:
+            extra = admission(limiters + c.limiters, buckets + c.buckets)
+        return await attempt(c.args, c.kwargs, _literal(c.path), (), c.attempt, extra)
+
+    handler = chain(middleware, core)
+
+    def one_try(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+        number: int = 1,
+        admission: Admission | None = None,
+    ) -> Awaitable[Any]:
+        return handler(ToolCall(tool, args, kwargs, fill(template, loc), number))
+
+    return one_try
+
+
+def _literal(path: str) -> str:
+    """A finished path as a template with no slots."""
+    return path.replace("{", "{{").replace("}", "}}")
 
 
 def _by_tool(call: ToolCall) -> str:

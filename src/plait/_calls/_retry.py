@@ -1,14 +1,19 @@
-"""Retrying a call: how long to sleep before the next attempt, if at all."""
+"""The retry layer: attempts again after a transient error, backing off."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import anyio
 
 from .._model._retry import Retry
+from ._admission import drop_idle_lease
+from ._attempt import Attempt, OnFailure
+from ._invoker import Invoker
+from ._report import CallReport
 
-__all__ = ["next_delay"]
+__all__ = ["next_delay", "with_retry"]
 
 
 def next_delay(
@@ -27,3 +32,37 @@ def next_delay(
     if deadline != math.inf and anyio.current_time() + delay >= deadline:
         return None
     return delay
+
+
+def with_retry(
+    attempt: Attempt, policy: Retry, report: CallReport, on_give_up: OnFailure
+) -> Invoker:
+    """Retry ``attempt`` under ``policy``; ``on_give_up`` gets the last error.
+
+    No slot is held while backing off (the task's kept slot, if any, is let
+    go first), and a backoff that would pass the deadline is not started.
+    """
+    counters = report.counters
+
+    async def invoke(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+    ) -> Any:
+        counters.calls += 1
+        number = 1
+        while True:
+            try:
+                return await attempt(args, kwargs, template, loc, number)
+            except Exception as error:
+                delay = next_delay(policy, number, error)
+                if delay is None:
+                    on_give_up(template, loc, number, error)
+                    raise
+                report.retried(template, loc, number, error, delay)
+            drop_idle_lease()
+            await anyio.sleep(delay)
+            number += 1
+
+    return invoke

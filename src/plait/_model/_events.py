@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -96,35 +96,60 @@ class EventBus:
     """The subscribers of one engine.
 
     ``bus.subscribe(fn)`` returns a :class:`Subscription`;
-    ``bus.active`` (and ``bool(bus)``) tells whether anyone listens.
+    ``bus.active`` (and ``bool(bus)``) tells whether anyone listens, and
+    ``bus.wants(kind)`` whether anyone listens to events of that kind: an
+    event nobody wants is never built.
     """
 
-    __slots__ = ("_subscribers", "active")
+    __slots__ = ("_by_kind", "_subscribers", "active")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: tuple[tuple[Subscriber, frozenset[EventKind]], ...] = ()
+        self._by_kind: dict[EventKind, tuple[Subscriber, ...]] = {}
         # A plain attribute, not a property: hot paths test it per call.
         self.active = False
 
     def __bool__(self) -> bool:
         return self.active
 
-    def subscribe(self, fn: Subscriber) -> Subscription:
-        """Call ``fn(event)`` for every event from now on."""
+    def subscribe(
+        self, fn: Subscriber, kinds: Iterable[EventKind | str] | None = None
+    ) -> Subscription:
+        """Call ``fn(event)`` for every event from now on.
+
+        Args:
+            fn: called with each :class:`Event`, in the task that emitted it.
+            kinds: only events of these kinds (``EventKind`` members or their
+                values, such as ``"call.finished"``); None for all. Events
+                of other kinds are not even built for ``fn``.
+        """
         if not callable(fn):
             raise TypeError(f"subscriber must be callable, got {fn!r}")
-        self._subscribers = (*self._subscribers, fn)
-        self.active = True
+        wanted = frozenset(EventKind) if kinds is None else _kinds(kinds)
+        self._subscribers = (*self._subscribers, (fn, wanted))
+        self._index()
         return Subscription(self, fn)
 
     def unsubscribe(self, fn: Subscriber) -> None:
         """Remove ``fn`` (no error when it is not subscribed)."""
-        self._subscribers = tuple(s for s in self._subscribers if s is not fn)
+        self._subscribers = tuple(s for s in self._subscribers if s[0] is not fn)
+        self._index()
+
+    def _index(self) -> None:
+        by_kind: dict[EventKind, tuple[Subscriber, ...]] = {}
+        for fn, kinds in self._subscribers:
+            for kind in kinds:
+                by_kind[kind] = (*by_kind.get(kind, ()), fn)
+        self._by_kind = by_kind
         self.active = bool(self._subscribers)
 
+    def wants(self, kind: EventKind) -> bool:
+        """Whether any subscriber listens to events of ``kind``."""
+        return kind in self._by_kind
+
     def emit(self, event: Event) -> None:
-        """Send ``event`` to every subscriber; their errors are logged, not raised."""
-        for fn in self._subscribers:
+        """Send ``event`` to its subscribers; their errors are logged, not raised."""
+        for fn in self._by_kind.get(event.kind, ()):
             try:
                 fn(event)
             except Exception:
@@ -136,6 +161,18 @@ class EventBus:
                 )
 
     def emit_new(self, kind: EventKind, path: str, **fields: Any) -> None:
-        """Build and emit an event, only when someone listens."""
-        if self._subscribers:
+        """Build and emit an event, only when someone listens to its kind."""
+        if kind in self._by_kind:
             self.emit(Event(kind, path, **fields))
+
+
+def _kinds(kinds: Iterable[EventKind | str]) -> frozenset[EventKind]:
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    try:
+        return frozenset(EventKind(k) for k in kinds)
+    except (ValueError, TypeError):
+        known = ", ".join(k.value for k in EventKind)
+        raise ValueError(
+            f"subscribe kinds must be event kinds ({known}), got {kinds!r}"
+        ) from None

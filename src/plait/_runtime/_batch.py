@@ -14,10 +14,10 @@ from typing import Any
 import anyio
 import attrs
 
-from .._calls._pipeline import Invoker
+from .._calls._invoker import Invoker
 from .._concurrency._groups import raise_collapsed
 from .._model._errors import StepFailed
-from ._interpret import to_failure
+from ._failures import to_failure
 
 __all__ = ["PreparedCall", "run_calls"]
 

@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import anyio
 
+from .._calls._compose import compose
+from .._calls._context import RunContext, ToolRuntime
 from .._calls._middleware import Middleware
-from .._calls._pipeline import RunContext, ToolRuntime, build_invoker
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
 from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
@@ -24,7 +25,7 @@ from .._model._steps import Call, Step, Workflow
 from .._model._tools import Tool
 from .._model._validate import check_seconds
 from ._batch import PreparedCall, run_calls
-from ._interpret import Compiler
+from ._compiler import Compiler
 
 __all__ = ["Engine"]
 
@@ -353,9 +354,7 @@ class Engine:
             rt = self._lookup(
                 target if isinstance(target, str) else Tool.of(target), path
             )
-            invoker = build_invoker(
-                rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry
-            )
+            invoker = compose(rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry)
             prepared.append(PreparedCall(invoker, (), dict(kwargs), path))
         try:
             return await run_calls(

@@ -22,7 +22,9 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from .._calls._pipeline import Invoker, RunContext, ToolRuntime, build_invoker
+from .._calls._compose import compose
+from .._calls._context import RunContext, ToolRuntime
+from .._calls._invoker import Invoker
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
 from .._model._errors import ConfigError, StepFailed, ToolTimeout
@@ -145,7 +147,7 @@ async def _run_pairs(
         invoker = invokers.get(is_async)
         if invoker is None:
             tool = Tool(_call_async if is_async else _call_blocking, _SHARED)
-            invoker = invokers[is_async] = build_invoker(
+            invoker = invokers[is_async] = compose(
                 ToolRuntime(tool, None, None), run, timeout=seconds, retry=retry
             )
         return PreparedCall(invoker, (call, task), {}, index(base, i))

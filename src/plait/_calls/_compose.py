@@ -1,0 +1,135 @@
+"""The composer: builds a tool's call pipeline once, from the layers it uses.
+
+A call reads, outermost first: retry -> middleware -> attempt (admission ->
+timeout -> call). Each layer is a small function of its own module; the
+composer leaves out every layer the call does not use, so a plain async
+tool under the engine's limit is one coroutine: its attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._model._errors import StepFailed
+from .._model._events import EventKind
+from .._model._paths import fill
+from .._model._retry import Retry
+from ._admission import admission
+from ._attempt import Attempt, OnFailure, async_call, build_attempt, thread_call
+from ._context import RunContext, ToolRuntime
+from ._invoker import Invoker
+from ._middleware import with_middleware
+from ._report import CallReport
+from ._retry import with_retry
+
+__all__ = ["compose"]
+
+
+def compose(
+    rt: ToolRuntime,
+    run: RunContext,
+    *,
+    timeout: float | None,
+    retry: Retry | None,
+    step_errors: bool = False,
+    name: str | None = None,
+) -> Invoker:
+    """Build the call pipeline of ``rt.tool`` for one run.
+
+    Args:
+        timeout: per-attempt timeout (the call's, else the tool's).
+        retry: retry policy (the call's, else the tool's).
+        step_errors: raise a failed call's error as :class:`StepFailed` at
+            the call's path, as a ``Call`` step does.
+        name: what errors and events call the tool (its name by default).
+    """
+    tool = rt.tool
+    label = tool.name if name is None else name
+    report = CallReport(label, run.counters_for(label), run.events)
+    finish = _finisher(report, step_errors)
+    layered = retry is not None or bool(run.middleware)
+    attempt = _attempt(rt, run, report, timeout, None if layered else finish)
+    if run.middleware:
+        limiters, buckets = _limits(rt, run)
+        attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
+    if retry is not None:
+        return with_retry(attempt, retry, report, finish)
+    if layered:
+        return _whole_call(attempt, report, finish)
+    return attempt
+
+
+def _limits(rt: ToolRuntime, run: RunContext) -> tuple[Any, Any]:
+    limiters = tuple(x for x in (rt.limiter, run.engine_limiter) if x is not None)
+    buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
+    return limiters, buckets
+
+
+def _attempt(
+    rt: ToolRuntime,
+    run: RunContext,
+    report: CallReport,
+    timeout: float | None,
+    on_failure: OnFailure | None,
+) -> Attempt:
+    tool = rt.tool
+    limiters, buckets = _limits(rt, run)
+    if tool.is_async:
+        call = async_call(tool.fn)
+        lease = run.engine_limiter
+        task_releases = True
+    else:
+
+        def on_abandon(template: str, loc: tuple[int, ...], number: int) -> None:
+            run.abandoned_threads += 1
+            report.note(EventKind.THREAD_ABANDONED, template, loc, number)
+
+        call = thread_call(
+            tool.fn,
+            run.thread_limiter,
+            on_abandon,
+            thread_releases=run.slots_follow_threads,
+        )
+        lease = None
+        task_releases = not run.slots_follow_threads
+    return build_attempt(
+        call,
+        admission(limiters, buckets, lease=lease),
+        report,
+        timeout=timeout,
+        task_releases=task_releases,
+        on_failure=on_failure,
+    )
+
+
+def _finisher(report: CallReport, step_errors: bool) -> OnFailure:
+    """What happens to a call's error once no layer will try again."""
+
+    def failed(
+        template: str, loc: tuple[int, ...], number: int, error: Exception
+    ) -> None:
+        report.failed(template, loc, number, error)
+        if step_errors:
+            raise StepFailed(fill(template, loc), error) from error
+
+    return failed
+
+
+def _whole_call(attempt: Attempt, report: CallReport, finish: OnFailure) -> Invoker:
+    """Count the call and finish its failure, around a wrapped attempt."""
+    counters = report.counters
+
+    async def invoke(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        template: str,
+        loc: tuple[int, ...],
+    ) -> Any:
+        counters.calls += 1
+        try:
+            return await attempt(args, kwargs, template, loc, 1)
+        except Exception as error:
+            finish(template, loc, 1, error)
+            raise
+
+    return invoke

@@ -1,0 +1,50 @@
+"""What a call pipeline is built from: a tool's live limits and a run's shared state."""
+
+from __future__ import annotations
+
+import attrs
+
+from .._concurrency._bucket import TokenBucket
+from .._concurrency._limits import Limiter
+from .._model._events import EventBus
+from .._model._results import Failure
+from .._model._stats import ToolCounters
+from .._model._tools import Tool
+from ._middleware import Middleware
+
+__all__ = ["RunContext", "ToolRuntime"]
+
+
+@attrs.define(eq=False)
+class ToolRuntime:
+    """The engine-lifetime state of one tool: its limiter and its bucket."""
+
+    tool: Tool
+    limiter: Limiter | None
+    bucket: TokenBucket | None
+
+
+@attrs.define(eq=False)
+class RunContext:
+    """What one run shares between its steps and pipelines."""
+
+    events: EventBus
+    engine_limiter: Limiter
+    engine_bucket: TokenBucket | None
+    middleware: tuple[Middleware, ...]
+    thread_limiter: Limiter
+    # Whether a sync call's slots stay held by its thread until it returns
+    # (the engine: limits stay true however a tool hangs), or are given back
+    # when the call times out or is cancelled, leaving only the thread limit
+    # to count the running thread (the agents' batch: agents the run waits on).
+    slots_follow_threads: bool = True
+    counters: dict[str, ToolCounters] = attrs.field(factory=dict)
+    failures: list[Failure] = attrs.field(factory=list)
+    abandoned_threads: int = 0
+
+    def counters_for(self, name: str) -> ToolCounters:
+        """The counters of the tool called ``name``, made on first use."""
+        try:
+            return self.counters[name]
+        except KeyError:
+            return self.counters.setdefault(name, ToolCounters())

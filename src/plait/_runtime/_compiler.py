@@ -1,0 +1,290 @@
+"""The compiler: turns a step tree into nested async nodes, checked before anything runs.
+
+Compiling first means every tool, function and variable name is checked
+before any tool runs, and that the per-element work of a ``MapReduce`` is a
+few closure calls: no tree walk, no string formatting, no per-item
+allocation beyond the element's scope.
+
+A node is ``async (scope, loc) -> value``: ``scope`` is the dict of
+variables visible to the step, ``loc`` the indexes of the map elements the
+step runs under (they fill the ``{}`` slots of the node's path template, see
+:mod:`plait._model._paths`). Task-group rules: each ``Parallel`` and
+``MapReduce`` run owns exactly one task group, and every task it starts ends
+before the step returns or raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from .._calls._admission import drop_idle_lease
+from .._calls._compose import compose
+from .._calls._context import RunContext, ToolRuntime
+from .._calls._invoker import Invoker
+from .._concurrency._groups import raise_collapsed
+from .._model._errors import StepFailed, StepTimeout, WorkflowError
+from .._model._events import EventKind
+from .._model._expr import Evaluator, compile_expr, did_you_mean
+from .._model._paths import child, fill, index, key
+from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
+from ._failures import to_failure
+from ._mapreduce import NOTHING, MapSpec, Node, Scope, run_map
+
+__all__ = ["Compiler", "Node"]
+
+ToolLookup = Callable[[Call, str], ToolRuntime]
+
+
+class Compiler:
+    """Compiles steps for one run of one engine."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        tools: ToolLookup,
+        functions: Mapping[str, Callable[..., Any]],
+        max_concurrency: int,
+    ) -> None:
+        self.run = run
+        self.tools = tools
+        self.functions = functions
+        self.max_concurrency = max_concurrency
+        self._invokers: dict[tuple[int, float | None, Any], Invoker] = {}
+
+    # -- entry ---------------------------------------------------------------
+    def compile(self, step: Step, template: str, env: frozenset[str]) -> Node:
+        """Check ``step`` and compile it; ``template`` is its path template."""
+        if isinstance(step, Call):
+            node = self._call(step, template, env)
+        elif isinstance(step, Sequential):
+            node = self._sequential(step, template, env)
+        elif isinstance(step, Parallel):
+            node = self._parallel(step, template, env)
+        elif isinstance(step, MapReduce):
+            node = self._map_reduce(step, template, env)
+        else:  # pragma: no cover - the step classes reject anything else
+            raise WorkflowError(f"not a step: {step!r}", _plain(template))
+        if step.timeout is not None and not isinstance(step, Call):
+            node = _with_timeout(node, template, step.timeout)
+        return self._with_events(node, template, type(step).__name__)
+
+    def _with_events(self, node: Node, template: str, kind: str) -> Node:
+        bus = self.run.events
+        if not bus.active:
+            # Step events go to those subscribed when the run starts; with
+            # nobody listening a step runs with no wrapper at all.
+            return node
+
+        async def watched(scope: Scope, loc: tuple[int, ...]) -> Any:
+            path = fill(template, loc)
+            bus.emit_new(EventKind.STEP_STARTED, path, step=kind)
+            started = anyio.current_time()
+            try:
+                value = await node(scope, loc)
+            except Exception as error:
+                bus.emit_new(
+                    EventKind.STEP_FAILED,
+                    path,
+                    step=kind,
+                    error=error,
+                    duration=anyio.current_time() - started,
+                )
+                raise
+            bus.emit_new(
+                EventKind.STEP_FINISHED,
+                path,
+                step=kind,
+                duration=anyio.current_time() - started,
+            )
+            return value
+
+        return watched
+
+    def _expr(self, expr: Any, env: frozenset[str], template: str) -> Evaluator:
+        return compile_expr(expr, env, self.functions, _plain(template))
+
+    # -- Call ----------------------------------------------------------------
+    def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
+        rt = self.tools(step, _plain(template))
+        tool = rt.tool
+        timeout = step.timeout if step.timeout is not None else tool.timeout
+        retry = step.retry if step.retry is not None else tool.retry
+        cache_key = (id(rt), timeout, retry)
+        invoker = self._invokers.get(cache_key)
+        if invoker is None:
+            invoker = compose(
+                rt, self.run, timeout=timeout, retry=retry, step_errors=True
+            )
+            self._invokers[cache_key] = invoker
+        args_at = child(template, "args")
+        arg_evs = [
+            self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
+        ]
+        kw_evs = [
+            (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
+        ]
+
+        # Plain functions returning the invoker's coroutine, which raises
+        # StepFailed itself: a call step adds no coroutine of its own.
+        if len(arg_evs) == 1 and not kw_evs:
+            only = arg_evs[0]
+
+            def call_one(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
+                try:
+                    arg = only(scope)
+                except Exception as error:
+                    raise StepFailed(fill(template, loc), error) from error
+                return invoker((arg,), {}, template, loc)
+
+            return call_one
+
+        def call(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
+            try:
+                args = tuple([ev(scope) for ev in arg_evs])
+                kwargs = {k: ev(scope) for k, ev in kw_evs}
+            except Exception as error:
+                raise StepFailed(fill(template, loc), error) from error
+            return invoker(args, kwargs, template, loc)
+
+        return call
+
+    # -- Sequential ----------------------------------------------------------
+    def _sequential(self, step: Sequential, template: str, env: frozenset[str]) -> Node:
+        pairs: list[tuple[Node, str | None]] = []
+        for i, s in enumerate(step.steps):
+            pairs.append(
+                (self.compile(s, index(child(template, "steps"), i), env), s.name)
+            )
+            if s.name is not None:
+                env = env | {s.name}
+        # No step sees the last step's name, and binding it would write into
+        # the enclosing scope, which is not copied when nothing else binds.
+        pairs[-1] = (pairs[-1][0], None)
+        binds = any(b is not None for _, b in pairs)
+
+        async def sequential(scope: Scope, loc: tuple[int, ...]) -> Any:
+            if binds:
+                scope = dict(scope)
+            value = None
+            for node, bind in pairs:
+                value = await node(scope, loc)
+                if bind is not None:
+                    scope[bind] = value
+            return value
+
+        return sequential
+
+    # -- Parallel ------------------------------------------------------------
+    def _parallel(self, step: Parallel, template: str, env: frozenset[str]) -> Node:
+        steps_at = child(template, "steps")
+        names: list[str] | None
+        if isinstance(step.steps, dict):
+            names = list(step.steps)
+            templates = [key(steps_at, k) for k in names]
+            steps = list(step.steps.values())
+        else:
+            names = None
+            templates = [index(steps_at, i) for i in range(len(step.steps))]
+            steps = list(step.steps)
+        nodes = [self.compile(s, t, env) for s, t in zip(steps, templates, strict=True)]
+        collect = step.on_error == "collect"
+        failures = self.run.failures
+
+        async def parallel(scope: Scope, loc: tuple[int, ...]) -> Any:
+            results: list[Any] = [None] * len(nodes)
+
+            async def branch(i: int) -> None:
+                if not collect:
+                    results[i] = await nodes[i](scope, loc)
+                    return
+                try:
+                    results[i] = await nodes[i](scope, loc)
+                except Exception as error:
+                    failure = to_failure(error, fill(templates[i], loc))
+                    failures.append(failure)
+                    results[i] = failure
+
+            drop_idle_lease()
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i in range(1, len(nodes)):
+                        tg.start_soon(branch, i)
+                    await branch(0)
+            except BaseExceptionGroup as group:
+                raise_collapsed(group)
+            if names is None:
+                return results
+            return dict(zip(names, results, strict=True))
+
+        return parallel
+
+    # -- MapReduce -----------------------------------------------------------
+    def _map_reduce(self, step: MapReduce, template: str, env: frozenset[str]) -> Node:
+        over_at = child(template, "over")
+        reduce_at = child(template, "reduce")
+        initial_at = child(template, "initial")
+        over = self._expr(step.over, env, over_at)
+        map_node = self.compile(
+            step.map, child(template, "map") + "[{}]", env | {step.item}
+        )
+        reduce_fn: Callable[[Any, Any], Any] | None
+        if isinstance(step.reduce, str):
+            try:
+                reduce_fn = self.functions[step.reduce]
+            except KeyError:
+                raise WorkflowError(
+                    f"unknown function {step.reduce!r} for MapReduce.reduce"
+                    f"{did_you_mean(step.reduce, self.functions)}; register it with "
+                    "Engine(functions=...)",
+                    _plain(reduce_at),
+                ) from None
+        else:
+            reduce_fn = step.reduce
+        initial = (
+            None if step.initial is None else self._expr(step.initial, env, initial_at)
+        )
+        spec = MapSpec(
+            map_node=map_node,
+            reduce_fn=reduce_fn,
+            item=step.item,
+            workers=step.max_concurrency or self.max_concurrency,
+            ordered=step.ordered,
+            collect=step.on_error == "collect",
+            item_template=child(template, "map") + "[{}]",
+            over_template=over_at,
+            reduce_template=reduce_at,
+            failures=self.run.failures,
+            events=self.run.events,
+            engine_limiter=self.run.engine_limiter,
+        )
+
+        async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:
+            try:
+                source = over(scope)
+            except Exception as error:
+                raise StepFailed(fill(over_at, loc), error) from error
+            try:
+                start = initial(scope) if initial is not None else NOTHING
+            except Exception as error:
+                raise StepFailed(fill(initial_at, loc), error) from error
+            return await run_map(spec, scope, loc, source, start)
+
+        return map_reduce
+
+
+def _plain(template: str) -> str:
+    """A template with no slots filled, for compile-time errors."""
+    return template.replace("[{}]", "[*]").replace("{{", "{").replace("}}", "}")
+
+
+def _with_timeout(node: Node, template: str, seconds: float) -> Node:
+    async def timed(scope: Scope, loc: tuple[int, ...]) -> Any:
+        with anyio.CancelScope(deadline=anyio.current_time() + seconds):
+            return await node(scope, loc)
+        # Only reached when this scope swallowed its own cancellation.
+        raise StepTimeout(fill(template, loc), seconds)
+
+    return timed

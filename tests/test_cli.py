@@ -404,7 +404,7 @@ def test_validate_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> Non
     assert lines[0].startswith(f"{INVALID}:3: over: '${{items' is not a variable")
     assert lines[1].startswith(f"{INVALID}:6: map.tool: cannot import")
     assert lines[2] == (
-        f"{INVALID}:8: map.retry.attempts: attempts must be an int >= 1, got 0"
+        f"{INVALID}:8: map.retry.attempts: Retry.attempts must be an int >= 1, got 0"
     )
     assert lines[3].startswith(
         f"{INVALID}:9: max_concurency: unknown key 'max_concurency'"

@@ -289,17 +289,40 @@ def test_step_options_are_checked() -> None:
             "timeout": True,
         }
     )
+    # Each option is checked by its field's rule in the step class, with the
+    # message that building the step in Python gives (values as the document
+    # writes them).
     assert found == [
-        (None, "timeout", "timeout must be a number of seconds > 0, or null, got true"),
+        (
+            None,
+            "max_concurrency",
+            "MapReduce.max_concurrency must be an int >= 1 or None, got 0",
+        ),
+        (None, "ordered", "MapReduce.ordered must be True or False, got 'yes'"),
+        (
+            None,
+            "item",
+            "MapReduce.item must be an identifier such as 'item', got 'class'",
+        ),
+        (
+            None,
+            "on_error",
+            "MapReduce.on_error must be 'raise' or 'collect', got 'ignore'",
+        ),
+        (
+            None,
+            "timeout",
+            "MapReduce.timeout must be a number of seconds > 0 or None, got true",
+        ),
         (
             None,
             "map.name",
-            "name must be an identifier such as 'results', got '1x'",
+            "Call.name must be an identifier such as 'results' or None, got '1x'",
         ),
         (
             None,
             "map.timeout",
-            "timeout must be a number of seconds > 0, or null, got 0",
+            "Call.timeout must be a number of seconds > 0 or None, got 0",
         ),
         (
             None,
@@ -307,15 +330,6 @@ def test_step_options_are_checked() -> None:
             "reduce must be the name of a registered function or an import path "
             "'module:attr', got 7",
         ),
-        (
-            None,
-            "max_concurrency",
-            "max_concurrency must be an int >= 1, or null for the engine's "
-            "max_concurrency, got 0",
-        ),
-        (None, "ordered", "ordered must be true or false, got 'yes'"),
-        (None, "item", "item must be an identifier such as 'url', got 'class'"),
-        (None, "on_error", "on_error must be 'raise' or 'collect', got 'ignore'"),
     ]
 
 
@@ -540,10 +554,12 @@ def test_bad_imports_name_the_module_or_attribute() -> None:
     assert "must be an import path 'module:attr'" in got["tools.d"][1]
     assert got["tools.e.concurrency_limit"] == (
         6,
-        "concurrency_limit must be an int >= 1 or null, got 0",
+        "Tool.concurrency_limit must be an int >= 1 or None, got 0",
     )
     assert got["tools.e.rate_limit"][1] == "missing required key 'rate'"
-    assert got["tools.e.rate_limit.per"][1] == "per must be a number > 0, got 0"
+    assert got["tools.e.rate_limit.per"][1] == (
+        "RateLimit.per must be a number > 0, got 0"
+    )
     assert "tool names must be non-empty strings without ':'" in got["tools.x:y"][1]
     assert "is an async function" in got["functions.f"][1]
     assert "is not callable" in got["functions.g"][1]
@@ -640,9 +656,9 @@ def test_bad_retry_options_are_all_reported() -> None:
         "retry.delay",
     ]
     messages = [m for _, _, m in found]
-    assert messages[0] == "attempts must be an int >= 1, got '3'"
-    assert messages[1] == "backoff must be a number >= 1, got 0.5"
-    assert messages[2] == "jitter must be true or false, got 1"
+    assert messages[0] == "Retry.attempts must be an int >= 1, got '3'"
+    assert messages[1] == "Retry.backoff must be a number >= 1, got 0.5"
+    assert messages[2] == "Retry.jitter must be True or False, got 1"
     assert "(did you mean 'OSError'?)" in messages[3]
     assert "'len' is not an Exception subclass" in messages[5]
     assert (
@@ -703,8 +719,8 @@ def test_all_problems_are_reported_at_once_with_lines() -> None:
     assert lines[0] == "invalid workflow: 4 errors"
     assert lines[1].startswith("  line 11, steps[0].map.args.url: '${itme' is not a")
     assert lines[2] == (
-        "  line 12, steps[0].max_concurrency: max_concurrency must be an int >= 1, "
-        "or null for the engine's max_concurrency, got 0"
+        "  line 12, steps[0].max_concurrency: MapReduce.max_concurrency must be an "
+        "int >= 1 or None, got 0"
     )
     assert lines[3].startswith("  line 13, steps[1].kind: kind must be one of")
     assert lines[3].endswith("got 'paralel' (did you mean 'parallel'?)")
@@ -712,8 +728,8 @@ def test_all_problems_are_reported_at_once_with_lines() -> None:
     assert (error.path, error.line) == ("steps[0].map.args.url", 11)
     one = error.errors[1]
     assert str(one) == (
-        "max_concurrency must be an int >= 1, or null for the engine's "
-        "max_concurrency, got 0 (at steps[0].max_concurrency, line 12)"
+        "MapReduce.max_concurrency must be an int >= 1 or None, got 0 "
+        "(at steps[0].max_concurrency, line 12)"
     )
 
 

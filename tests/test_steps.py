@@ -89,25 +89,25 @@ INVALID: list[Any] = [
     (
         "max-concurrency-0",
         lambda: MapReduce(Var("xs"), STEP, max_concurrency=0),
-        "MapReduce.max_concurrency must be an int >= 1, got 0",
+        "MapReduce.max_concurrency must be an int >= 1 or None, got 0",
         "max_concurrency",
     ),
     (
         "max-concurrency-negative",
         lambda: MapReduce(Var("xs"), STEP, max_concurrency=-1),
-        "MapReduce.max_concurrency must be an int >= 1, got -1",
+        "MapReduce.max_concurrency must be an int >= 1 or None, got -1",
         "max_concurrency",
     ),
     (
         "max-concurrency-float",
         lambda: MapReduce(Var("xs"), STEP, max_concurrency=1.5),
-        "MapReduce.max_concurrency must be an int >= 1, got 1.5",
+        "MapReduce.max_concurrency must be an int >= 1 or None, got 1.5",
         "max_concurrency",
     ),
     (
         "max-concurrency-bool",
         lambda: MapReduce(Var("xs"), STEP, max_concurrency=True),
-        "MapReduce.max_concurrency must be an int >= 1, got True",
+        "MapReduce.max_concurrency must be an int >= 1 or None, got True",
         "max_concurrency",
     ),
     (
@@ -186,37 +186,37 @@ INVALID: list[Any] = [
     (
         "call-name",
         lambda: Call("t", name="my result"),
-        "Call.name must be None or an identifier such as 'results', got 'my result'",
+        "Call.name must be an identifier such as 'results' or None, got 'my result'",
         "name",
     ),
     (
         "sequential-name",
         lambda: Sequential(STEP, name="1st"),
-        "Sequential.name must be None or an identifier",
+        "Sequential.name must be an identifier",
         "name",
     ),
     (
         "parallel-name",
         lambda: Parallel(STEP, name=3),
-        "Parallel.name must be None or an identifier",
+        "Parallel.name must be an identifier",
         "name",
     ),
     (
         "map-reduce-name",
         lambda: MapReduce(Var("xs"), STEP, name="a-b"),
-        "MapReduce.name must be None or an identifier",
+        "MapReduce.name must be an identifier",
         "name",
     ),
     (
         "call-target-int",
         lambda: Call(3),
-        "Call.target must be a tool name, a plait.Tool or a function, got 3",
+        "Call.target must be a tool name, an import path 'module:attr', a plait.Tool or a function, got 3",
         "target",
     ),
     (
         "call-target-empty",
         lambda: Call(""),
-        "Call.target must be a tool name, a plait.Tool or a function, got ''",
+        "Call.target must be a tool name, an import path 'module:attr', a plait.Tool or a function, got ''",
         "target",
     ),
     (
@@ -307,7 +307,7 @@ def test_timeout_must_be_a_positive_number(
 ) -> None:
     check(
         lambda: build(bad),
-        f"{cls}.timeout must be a number > 0, got {bad!r}",
+        f"{cls}.timeout must be a number of seconds > 0 or None, got {bad!r}",
         "timeout",
     )
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from .._io._imports import import_path_of
 from .._model._expr import Fn, Lit, Var
+from .._model._imports import import_path_of
 from .._model._paths import index
 from .._model._ratelimit import RateLimit
 from .._model._retry import Retry

@@ -8,7 +8,7 @@ so that ``import plait`` stays light.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from .._model._steps import Step, Workflow
@@ -16,13 +16,26 @@ from .._model._steps import Step, Workflow
 __all__ = ["dump", "json_schema", "load"]
 
 
-def load(source: Mapping[str, Any] | str | os.PathLike[str]) -> Workflow:
+def load(
+    source: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    imports: Iterable[str] | None = None,
+) -> Workflow:
     """Read a workflow from a document and check all of it before anything runs.
 
     Args:
         source: the document as a mapping; YAML or JSON text; or the path of
             a ``.yaml``, ``.yml`` or ``.json`` file (a ``pathlib.Path``, or a
             ``str`` with no newline that ends in one of those suffixes).
+        imports: the modules the document may import from, for documents
+            you do not trust as code: prefixes of module names
+            (``("myapp.tools",)`` allows ``myapp.tools`` and the modules
+            under it) or ``()`` for none, so that the document may only name
+            tools and functions registered on the engine. Any other import
+            path is a problem at its line, refused before anything is
+            imported from it; under a restriction a path may not name a
+            private attribute (``_name``) either. None (the default) allows
+            every module.
 
     Returns:
         A :class:`plait.Workflow` (always, with or without metadata in the
@@ -37,10 +50,12 @@ def load(source: Mapping[str, Any] | str | os.PathLike[str]) -> Workflow:
             document (``steps[1].map.args.url``) and, for text and files, its
             line; ``.errors`` holds them as separate ``WorkflowError`` objects
             with ``.path`` and ``.line``.
+        TypeError: ``imports`` is not None or an iterable of str.
+        ConfigError: an entry of ``imports`` is not a module name.
     """
     from ._load import load as load_document
 
-    return load_document(source)
+    return load_document(source, imports)
 
 
 def dump(workflow: Workflow | Step, format: Literal["yaml", "json"] = "yaml") -> str:
@@ -48,7 +63,9 @@ def dump(workflow: Workflow | Step, format: Literal["yaml", "json"] = "yaml") ->
 
     ``load(dump(w)) == w`` for a :class:`plait.Workflow` (a bare step comes
     back wrapped in one). Tools and functions given as objects are written as
-    import paths, so they must be defined at the top level of a module.
+    import paths, so they must be defined at the top level of a module. A
+    ``Call("pkg.mod:fn")`` is written with that same path; it loads back as a
+    call of the tool found there, which runs the same.
 
     Raises:
         WorkflowError: something in the workflow has no file form (a lambda

@@ -6,7 +6,9 @@ that would read as ``${...}`` get the ``$`` escape) and only ``Lit`` objects
 and plain mappings with a ``var``, ``lit`` or ``fn`` key are written as
 ``{lit: ...}``. Tools and functions given as objects are written as import
 paths; a tool whose options differ from the object at its import path is
-declared under its name in ``tools:``. So ``load(dump(w)) == w``.
+declared under its name in ``tools:``. So ``load(dump(w)) == w``, except
+that a ``Call("pkg.mod:fn")`` is written as that path and comes back as a
+call of the tool found there (the step runs the same).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 
 from .._model._errors import WorkflowError
 from .._model._expr import Fn, Lit, Var, is_expression
+from .._model._imports import ImportPath, import_path_of, resolve
 from .._model._ratelimit import RateLimit
 from .._model._retry import Retry
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
@@ -33,7 +36,6 @@ from ._form import (
     escape_string,
     var_shorthand,
 )
-from ._imports import import_path_of, resolve
 from ._problems import Loc, key_part, show_loc
 
 __all__ = ["dump"]
@@ -112,9 +114,7 @@ class _Writer:
         for key in ("name", "description"):
             value = getattr(workflow, key)
             if value is not None:
-                if not isinstance(value, str):
-                    raise _fail((key,), f"Workflow.{key} must be a str to be written")
-                head[key] = value
+                head[key] = str(value)
         if workflow.inputs:
             head["inputs"] = list(workflow.inputs)
         if workflow.step.name is not None:
@@ -198,6 +198,8 @@ class _Writer:
 
     # -- tools, functions, options --------------------------------------------
     def tool(self, target: str | Tool, loc: Loc) -> str:
+        if isinstance(target, ImportPath):
+            return str(target)  # the path as the code gave it
         if isinstance(target, str):
             self.name(target, loc, "tool")
             self.names.setdefault(target, loc)

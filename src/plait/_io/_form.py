@@ -10,7 +10,6 @@ import re
 
 __all__ = [
     "EXPRESSION_KEYS",
-    "IMPORT_PATH",
     "KINDS",
     "MAX_DEPTH",
     "ON_ERROR",
@@ -79,9 +78,6 @@ EXPRESSION_KEYS = frozenset({"var", "lit", "fn"})
 VAR_SHORTHAND = re.compile(r"\$\{([^\s${}.]+(?:\.[^\s${}.]+)*)\}")
 _VAR_PART = re.compile(r"[^\s${}.]+")
 
-_DOTTED = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
-# "package.module:attr.attr"
-IMPORT_PATH = re.compile(rf"({_DOTTED}):({_DOTTED})")
 
 # Documents nest at most this deep (mappings and lists, all levels counted).
 MAX_DEPTH = 100

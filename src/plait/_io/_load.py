@@ -10,36 +10,42 @@ Import paths in the document (``"module:attr"``) are imported here: tools
 become :class:`plait.Tool` objects in ``Call.target``, functions become the
 callables in ``Fn`` and ``MapReduce.reduce``, so the engine needs no
 registration for them. Names without a ``:`` that the document does not
-declare stay names, for the engine's registered tools and functions.
+declare stay names, for the engine's registered tools and functions. With
+``imports=`` only the modules it allows are imported; any other import path
+is a problem at its line, found before anything is imported from it.
+
+The value of an option (``timeout``, ``max_concurrency``, ``on_error``...)
+is checked by the rule of its field in the step class (see
+:mod:`plait._model._validate`), so a document and Python code get the same
+message for the same mistake.
 """
 
 from __future__ import annotations
 
 import difflib
-import keyword
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from .._model._errors import WorkflowError
 from .._model._expr import Fn, Lit, Var, did_you_mean
+from .._model._imports import ImportPathError, Imports, as_tool, resolve
 from .._model._retry import Retry
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
 from .._model._tools import Tool, is_async_callable
+from .._model._validate import field_rule
 from ._form import (
     EXPRESSION_KEYS,
     KINDS,
     MAX_DEPTH,
-    ON_ERROR,
     REQUIRED,
     STEP_KEYS,
     VAR_SHORTHAND,
     WORKFLOW_KEYS,
     unescape_string,
 )
-from ._imports import ImportPathError, resolve
 from ._options import UNSET, ToolDecl, structure
 from ._problems import Loc, Problems, describe, key_part
 from ._source import read_source
@@ -49,11 +55,34 @@ __all__ = ["load"]
 _TOOL_OPTIONS = ("concurrency_limit", "timeout", "retry", "rate_limit")
 _ITEM_PATH = re.compile(r"(\w+)\[(\d+)\]")
 
+_CLASSES: dict[str, type[Step]] = {
+    "call": Call,
+    "sequential": Sequential,
+    "parallel": Parallel,
+    "map_reduce": MapReduce,
+}
+# Keys whose value in the document is the step's field as it is, so the
+# field's rule checks it.
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "call": ("name", "timeout"),
+    "sequential": ("name", "timeout"),
+    "parallel": ("on_error", "name", "timeout"),
+    "map_reduce": (
+        "max_concurrency",
+        "ordered",
+        "item",
+        "on_error",
+        "name",
+        "timeout",
+    ),
+}
 
-def load(source: object) -> Workflow:
+
+def load(source: object, imports: Iterable[str] | None = None) -> Workflow:
     """Read, check and build a workflow; see :func:`plait.load`."""
+    allowed = Imports(imports)  # checks `imports` before the document is read
     data, problems = read_source(source)
-    workflow = _Loader(problems).workflow(data)
+    workflow = _Loader(problems, allowed).workflow(data)
     problems.check()
     assert workflow is not None  # no problem was found, so it was built
     return workflow
@@ -64,13 +93,14 @@ def _kind_label(kind: str) -> str:
 
 
 class _Loader:
-    def __init__(self, problems: Problems) -> None:
+    def __init__(self, problems: Problems, imports: Imports) -> None:
         self.problems = problems
+        self.imports = imports
         self.tools: dict[str, Tool] = {}
         self.functions: dict[str, Callable[..., Any]] = {}
         self.broken_tools: set[str] = set()
         self.broken_functions: set[str] = set()
-        self.imports: dict[str, Any] = {}
+        self.resolved: dict[str, Any] = {}
 
     def add(self, loc: Loc, message: str) -> None:
         self.problems.add(loc, message)
@@ -98,8 +128,7 @@ class _Loader:
             )
             return None
         before = self.count
-        name = self.text(doc, (), "name")
-        description = self.text(doc, (), "description")
+        metadata = self.options(Workflow, doc, (), ("name", "description"))
         inputs = self.inputs(doc.get("inputs"), ("inputs",))
         if "tools" in doc:
             self.declare_tools(doc["tools"], ("tools",))
@@ -108,20 +137,28 @@ class _Loader:
         step = self.step(doc, (), root=True)
         if self.count > before or step is None:
             return None
-        metadata: dict[str, Any] = {
-            "name": name,
-            "inputs": inputs,
-            "description": description,
-        }
-        built: Workflow | None = self.construct((), lambda: Workflow(step, **metadata))
+        built: Workflow | None = self.construct(
+            (), lambda: Workflow(step, inputs=inputs, **metadata)
+        )
         return built
 
-    def text(self, data: Mapping[Any, Any], loc: Loc, key: str) -> str | None:
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            self.add((*loc, key), f"{key} must be a string, got {describe(value)}")
-            return None
-        return value
+    def options(
+        self, cls: type, data: Mapping[Any, Any], loc: Loc, keys: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """The values of ``keys`` in ``data``, each checked by its field's rule."""
+        out: dict[str, Any] = {}
+        for key in keys:
+            if key not in data:
+                continue
+            rule = field_rule(cls, key)
+            assert rule is not None, f"{cls.__name__}.{key} has no rule"
+            try:
+                rule.check_field(cls, key, data[key], describe)
+            except WorkflowError as e:
+                self.add((*loc, key), e.message)
+            else:
+                out[key] = data[key]
+        return out
 
     def inputs(self, value: object, loc: Loc) -> tuple[str, ...]:
         if value is None:
@@ -188,7 +225,9 @@ class _Loader:
             decl: ToolDecl | None = ToolDecl(target=spec)
             where = loc
         elif isinstance(spec, Mapping):
-            decl = structure(spec, ToolDecl, loc, self.problems, f"tools.{name}")
+            decl = structure(
+                spec, ToolDecl, loc, self.problems, f"tools.{name}", self.imports
+            )
             where = (*loc, "import")
         else:
             self.add(
@@ -241,12 +280,12 @@ class _Loader:
 
     # -- imports --------------------------------------------------------------
     def imported(self, path: str, loc: Loc) -> Any:
-        if path not in self.imports:
+        if path not in self.resolved:
             try:
-                self.imports[path] = resolve(path)
+                self.resolved[path] = resolve(path, self.imports)
             except ImportPathError as e:
-                self.imports[path] = e
-        found = self.imports[path]
+                self.resolved[path] = e
+        found = self.resolved[path]
         if isinstance(found, ImportPathError):
             self.add(loc, str(found))
             return None
@@ -256,12 +295,11 @@ class _Loader:
         found = self.imported(path, loc)
         if found is None:
             return None
-        if isinstance(found, Tool):
-            return found
-        if callable(found):
-            return Tool.of(found)
-        self.add(loc, f"{path!r} is not a function or a plait.Tool, got {found!r:.60}")
-        return None
+        try:
+            return as_tool(found, path)
+        except ImportPathError as e:
+            self.add(loc, str(e))
+            return None
 
     def function_at(self, path: str, loc: Loc) -> Callable[..., Any] | None:
         found = self.imported(path, loc)
@@ -365,15 +403,15 @@ class _Loader:
             if key not in data:
                 self.add(loc, f"missing required key {key!r} of {_kind_label(kind)}")
         # At the top of a document `name` is the workflow's name.
-        name = None if root else self.step_name(data, loc)
-        timeout = self.seconds(data, loc, "timeout")
+        keys = tuple(k for k in _OPTIONS[kind] if not (root and k == "name"))
+        options = self.options(_CLASSES[kind], data, loc, keys)
         build = {
             "call": self.call,
             "sequential": self.sequential,
             "parallel": self.parallel,
             "map_reduce": self.map_reduce,
         }[kind]
-        make = build(data, loc, name, timeout)
+        make = build(data, loc, options)
         if self.count > before:
             return None
         step: Step | None = self.construct(loc, make)
@@ -425,7 +463,7 @@ class _Loader:
         self.add((*loc, key), message)
 
     def call(
-        self, data: Mapping[Any, Any], loc: Loc, name: str | None, timeout: Any
+        self, data: Mapping[Any, Any], loc: Loc, options: dict[str, Any]
     ) -> Callable[[], Step]:
         target = self.tool_ref(data["tool"], (*loc, "tool")) if "tool" in data else None
         args: list[Any] = []
@@ -459,15 +497,19 @@ class _Loader:
         retry = None
         if data.get("retry") is not None:
             retry = structure(
-                data["retry"], Retry, (*loc, "retry"), self.problems, "retry"
+                data["retry"],
+                Retry,
+                (*loc, "retry"),
+                self.problems,
+                "retry",
+                self.imports,
             )
         return lambda: Call(
             target,  # type: ignore[arg-type]  # None only when a problem was found
             *args,
-            name=name,
-            timeout=timeout,
             retry=retry,
             arguments=kwargs,
+            **options,
         )
 
     def keywords(self, data: Mapping[Any, Any], loc: Loc) -> dict[str, Any]:
@@ -483,10 +525,10 @@ class _Loader:
         return out
 
     def sequential(
-        self, data: Mapping[Any, Any], loc: Loc, name: str | None, timeout: Any
+        self, data: Mapping[Any, Any], loc: Loc, options: dict[str, Any]
     ) -> Callable[[], Step]:
         steps = self.step_list(data, loc, "sequential")
-        return lambda: Sequential(*steps, name=name, timeout=timeout)
+        return lambda: Sequential(*steps, **options)
 
     def step_list(self, data: Mapping[Any, Any], loc: Loc, kind: str) -> list[Any]:
         raw = data.get("steps")
@@ -507,9 +549,8 @@ class _Loader:
         return [self.step(s, (*sub, i)) for i, s in enumerate(raw)]
 
     def parallel(
-        self, data: Mapping[Any, Any], loc: Loc, name: str | None, timeout: Any
+        self, data: Mapping[Any, Any], loc: Loc, options: dict[str, Any]
     ) -> Callable[[], Step]:
-        on_error = self.choice(data, loc, "on_error", ON_ERROR, "raise")
         raw = data.get("steps")
         if isinstance(raw, Mapping):
             sub = (*loc, "steps")
@@ -527,14 +568,12 @@ class _Loader:
                     )
                     continue
                 branches[k] = self.step(s, (*sub, k))
-            return lambda: Parallel(
-                branches, name=name, timeout=timeout, on_error=on_error
-            )
+            return lambda: Parallel(branches, **options)
         steps = self.step_list(data, loc, "parallel")
-        return lambda: Parallel(*steps, name=name, timeout=timeout, on_error=on_error)
+        return lambda: Parallel(*steps, **options)
 
     def map_reduce(
-        self, data: Mapping[Any, Any], loc: Loc, name: str | None, timeout: Any
+        self, data: Mapping[Any, Any], loc: Loc, options: dict[str, Any]
     ) -> Callable[[], Step]:
         over = self.expr(data["over"], (*loc, "over")) if "over" in data else None
         body = self.step(data["map"], (*loc, "map")) if "map" in data else None
@@ -544,90 +583,7 @@ class _Loader:
         initial = (
             self.expr(data["initial"], (*loc, "initial")) if "initial" in data else None
         )
-        max_concurrency = data.get("max_concurrency")
-        if max_concurrency is not None and (
-            not isinstance(max_concurrency, int)
-            or isinstance(max_concurrency, bool)
-            or max_concurrency < 1
-        ):
-            self.add(
-                (*loc, "max_concurrency"),
-                "max_concurrency must be an int >= 1, or null for the engine's "
-                f"max_concurrency, got {describe(max_concurrency)}",
-            )
-        ordered = data.get("ordered", True)
-        if not isinstance(ordered, bool):
-            self.add(
-                (*loc, "ordered"),
-                f"ordered must be true or false, got {describe(ordered)}",
-            )
-        item = data.get("item", "item")
-        if (
-            not isinstance(item, str)
-            or not item.isidentifier()
-            or keyword.iskeyword(item)
-        ):
-            self.add(
-                (*loc, "item"),
-                f"item must be an identifier such as 'url', got {describe(item)}",
-            )
-        on_error = self.choice(data, loc, "on_error", ON_ERROR, "raise")
-        return lambda: MapReduce(
-            over,
-            body,
-            reduce,
-            initial,
-            max_concurrency,
-            ordered,
-            item,
-            on_error,
-            name=name,
-            timeout=timeout,
-        )
-
-    # -- option values --------------------------------------------------------
-    def step_name(self, data: Mapping[Any, Any], loc: Loc) -> str | None:
-        value = data.get("name")
-        if value is not None and (
-            not isinstance(value, str) or not value.isidentifier()
-        ):
-            self.add(
-                (*loc, "name"),
-                f"name must be an identifier such as 'results', got {describe(value)}",
-            )
-            return None
-        return value
-
-    def seconds(self, data: Mapping[Any, Any], loc: Loc, key: str) -> Any:
-        value = data.get(key)
-        if value is None:
-            return None
-        if not _is_positive_number(value):
-            self.add(
-                (*loc, key),
-                f"{key} must be a number of seconds > 0, or null, got {describe(value)}",
-            )
-            return None
-        return value
-
-    def choice(
-        self,
-        data: Mapping[Any, Any],
-        loc: Loc,
-        key: str,
-        choices: tuple[str, ...],
-        default: str,
-    ) -> str:
-        value = data.get(key, default)
-        if isinstance(value, str) and value in choices:
-            return value
-        close = did_you_mean(value, choices) if isinstance(value, str) else ""
-        self.add(
-            (*loc, key),
-            f"{key} must be {' or '.join(repr(c) for c in choices)}, "
-            f"got {describe(value)}{close}",
-        )
-        return default
+        return lambda: MapReduce(over, body, reduce, initial, **options)
 
     # -- expressions ----------------------------------------------------------
     def expr(self, value: object, loc: Loc) -> Any:
@@ -730,15 +686,6 @@ def _guess_kind(data: Mapping[Any, Any]) -> str | None:
     if "steps" in data:
         return "sequential"
     return None
-
-
-def _is_positive_number(value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return value > 0 and float(value) < float("inf")
-    except OverflowError:  # an int too large for a float
-        return False
 
 
 def _field_loc(loc: Loc, path: str) -> Loc:

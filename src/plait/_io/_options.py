@@ -1,16 +1,16 @@
 """Options mappings of a document into :class:`Retry`, :class:`RateLimit` and tools.
 
 cattrs structures the mappings (unknown keys, missing keys, one hook per
-field); the hooks here are strict (``"3"`` is not an int, ``1`` is not a
-bool) and check ranges, and :func:`structure` turns cattrs' exception groups
-into problems with document locations, so that every bad key of a mapping is
-reported at once.
+field); the hooks here take each value as it is (``"3"`` is not an int,
+``1`` is not a bool) and check it by the rule of its field in the class
+(see :mod:`plait._model._validate`), and :func:`structure` turns cattrs'
+exception groups into problems with document locations, so that every bad
+key of a mapping is reported at once.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -21,10 +21,18 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from .._model._errors import WorkflowError
 from .._model._expr import did_you_mean
+from .._model._imports import (
+    ANY_IMPORT,
+    ImportPathError,
+    Imports,
+    exception_class,
+    resolve,
+)
 from .._model._ratelimit import RateLimit
 from .._model._retry import Retry
+from .._model._tools import Tool
+from .._model._validate import field_rule
 from ._form import TOOL_KEYS
-from ._imports import ImportPathError, exception_class, resolve
 from ._problems import Loc, Problems, describe
 
 __all__ = ["UNSET", "ToolDecl", "structure"]
@@ -80,39 +88,24 @@ class InvalidItems(Exception):
         self.items = items
 
 
-def _is_number(value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _number(minimum: float, *, strict: bool) -> Hook:
-    expected = f"a number {'>' if strict else '>='} {minimum:g}"
+def _ruled(cls: type, field: str) -> Hook:
+    """The value as it is, checked by the rule of ``cls``'s ``field``."""
+    rule = field_rule(cls, field)
+    assert rule is not None, f"{cls.__name__}.{field} has no rule"
 
     def hook(value: Any, _: Any) -> Any:
-        if not _is_number(value) or (value <= minimum if strict else value < minimum):
-            raise Invalid(expected, value)
+        if not rule.ok(value):
+            raise Invalid(
+                None, message=rule.message(f"{cls.__name__}.{field}", value, describe)
+            )
         return value
 
     return hook
 
 
-def _count(minimum: int) -> Hook:
-    def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise Invalid(f"an int >= {minimum}", value)
-        return value
-
-    return hook
-
-
-def _boolean(value: Any, _: Any) -> Any:
-    if not isinstance(value, bool):
-        raise Invalid("true or false", value)
-    return value
+def _ruled_fields(cls: type, *fields: str, owner: type | None = None) -> dict[str, Any]:
+    """cattrs overrides checking ``fields`` by their rules in ``owner`` (or ``cls``)."""
+    return {f: override(struct_hook=_ruled(owner or cls, f)) for f in fields}
 
 
 def _optional(hook: Hook) -> Hook:
@@ -135,12 +128,19 @@ def _import_path(value: Any, _: Any) -> Any:
     return value
 
 
-def _retry_on(value: Any, _: Any) -> Any:
+def _retry_on(imports: Imports) -> Hook:
+    def hook(value: Any, _: Any) -> Any:
+        return _exceptions_or_predicate(value, imports)
+
+    return hook
+
+
+def _exceptions_or_predicate(value: Any, imports: Imports) -> Any:
     if isinstance(value, str):
         try:
             if ":" not in value:
                 return (exception_class(value),)
-            found = resolve(value)
+            found = resolve(value, imports)
         except ImportPathError as e:
             raise Invalid(None, message=str(e)) from None
         if isinstance(found, type) and issubclass(found, Exception):
@@ -171,7 +171,7 @@ def _retry_on(value: Any, _: Any) -> Any:
             )
             continue
         try:
-            classes.append(exception_class(name))
+            classes.append(exception_class(name, imports))
         except ImportPathError as e:
             bad.append((i, str(e)))
     if bad:
@@ -188,31 +188,24 @@ def _nested(conv: cattrs.Converter, cls: type[Any], what: str) -> Hook:
     return hook
 
 
-@functools.cache
-def _converter() -> cattrs.Converter:
+@functools.lru_cache(maxsize=8)
+def _converter(imports: Imports) -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    seconds = _optional(_number(0.0, strict=True))
     conv.register_structure_hook(
         Retry,
         make_dict_structure_fn(
             Retry,
             conv,
-            attempts=override(struct_hook=_count(1)),
-            backoff=override(struct_hook=_number(1.0, strict=False)),
-            initial_delay=override(struct_hook=_number(0.0, strict=False)),
-            max_delay=override(struct_hook=_number(0.0, strict=False)),
-            jitter=override(struct_hook=_boolean),
-            retry_on=override(struct_hook=_retry_on),
+            **_ruled_fields(
+                Retry, "attempts", "backoff", "initial_delay", "max_delay", "jitter"
+            ),
+            retry_on=override(struct_hook=_retry_on(imports)),
         ),
     )
     conv.register_structure_hook(
         RateLimit,
         make_dict_structure_fn(
-            RateLimit,
-            conv,
-            rate=override(struct_hook=_number(0.0, strict=True)),
-            per=override(struct_hook=_number(0.0, strict=True)),
-            burst=override(struct_hook=_optional(_count(1))),
+            RateLimit, conv, **_ruled_fields(RateLimit, "rate", "per", "burst")
         ),
     )
     conv.register_structure_hook(
@@ -221,8 +214,7 @@ def _converter() -> cattrs.Converter:
             ToolDecl,
             conv,
             target=override(rename="import", struct_hook=_import_path),
-            concurrency_limit=override(struct_hook=_optional(_count(1))),
-            timeout=override(struct_hook=seconds),
+            **_ruled_fields(ToolDecl, "concurrency_limit", "timeout", owner=Tool),
             retry=override(struct_hook=_optional(_nested(conv, Retry, "retry"))),
             rate_limit=override(
                 struct_hook=_optional(_nested(conv, RateLimit, "rate limit"))
@@ -233,18 +225,23 @@ def _converter() -> cattrs.Converter:
 
 
 def structure(
-    data: object, cls: type[T], loc: Loc, problems: Problems, what: str
+    data: object,
+    cls: type[T],
+    loc: Loc,
+    problems: Problems,
+    what: str,
+    imports: Imports = ANY_IMPORT,
 ) -> T | None:
     """Structure the mapping ``data`` at ``loc`` as ``cls``; None if invalid.
 
-    Every problem (unknown and missing keys, bad values) is added to
-    ``problems`` with its location.
+    Every problem (unknown and missing keys, bad values, import paths that
+    ``imports`` does not allow) is added to ``problems`` with its location.
     """
     if not isinstance(data, Mapping):
         problems.add(loc, f"{what} must be a mapping, got {describe(data)}")
         return None
     try:
-        return _converter().structure(data, cls)
+        return _converter(imports).structure(data, cls)
     except ClassValidationError as group:
         _report(group, cls, data, loc, problems)
     except WorkflowError as e:

@@ -13,9 +13,8 @@ so evaluating one for a map element costs a dict lookup, not a tree walk.
 
 from __future__ import annotations
 
-import difflib
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,7 +22,7 @@ import attrs
 from ._errors import ExpressionError, WorkflowError
 from ._paths import child, index, key
 from ._tools import is_async_callable
-from ._validate import fail
+from ._validate import did_you_mean, fail
 
 __all__ = ["Evaluator", "Fn", "Lit", "Var", "compile_expr", "did_you_mean"]
 
@@ -94,13 +93,6 @@ class Fn:
     def __repr__(self) -> str:
         parts = [repr(self.fn), *(repr(a) for a in self.args)]
         return f"Fn({', '.join(parts)})"
-
-
-def did_you_mean(name: str, known: Iterable[object]) -> str:
-    """`` (did you mean 'x'?)`` when a close match exists, else ``""``."""
-    names = [str(k) for k in known]
-    close = difflib.get_close_matches(name, names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def is_expression(value: object) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from ._validate import number, optional_count
+from ._validate import COUNT, number
 
 __all__ = ["RateLimit"]
 
@@ -29,7 +29,7 @@ class RateLimit:
 
     rate: float = attrs.field(validator=number())
     per: float = attrs.field(default=1.0, validator=number())
-    burst: int | None = attrs.field(default=None, validator=optional_count(minimum=1))
+    burst: int | None = attrs.field(default=None, validator=COUNT.or_none())
 
     @property
     def capacity(self) -> float:

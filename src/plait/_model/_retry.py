@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ._validate import count, fail, number
+from ._validate import BOOL, COUNT, fail, number
 
 __all__ = ["Retry", "RetryOn"]
 
@@ -62,7 +62,7 @@ class Retry:
     sleep past the enclosing deadline raises the last error at once instead.
     """
 
-    attempts: int = attrs.field(default=3, validator=count(minimum=1))
+    attempts: int = attrs.field(default=3, validator=COUNT)
     backoff: float = attrs.field(
         default=2.0, validator=number(minimum=1.0, strict=False)
     )
@@ -72,14 +72,10 @@ class Retry:
     max_delay: float = attrs.field(
         default=30.0, validator=number(minimum=0.0, strict=False)
     )
-    jitter: bool = attrs.field(default=True)
+    jitter: bool = attrs.field(default=True, validator=BOOL)
     retry_on: RetryOn = attrs.field(
         default=(OSError, TimeoutError), converter=_to_tuple, validator=_check_retry_on
     )
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.jitter, bool):
-            fail(self, "jitter", "True or False", self.jitter)
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether ``error`` is one this policy retries."""

@@ -16,9 +16,20 @@ import attrs
 
 from ._errors import WorkflowError
 from ._expr import Fn, Lit, Var
+from ._imports import IMPORT_PATH, ImportPath
 from ._retry import Retry
 from ._tools import Tool, is_async_callable
-from ._validate import fail, one_of, optional_count, optional_number
+from ._validate import (
+    BOOL,
+    COUNT,
+    IDENTIFIER,
+    NAME,
+    SECONDS,
+    TEXT,
+    fail,
+    instance_of,
+    one_of,
+)
 
 __all__ = [
     "Call",
@@ -33,17 +44,15 @@ CALL_RESERVED = frozenset({"name", "timeout", "retry", "arguments"})
 PARALLEL_RESERVED = frozenset({"name", "timeout", "on_error"})
 
 
-def _check_name(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value.isidentifier()):
-        fail(inst, attr.name, "None or an identifier such as 'results'", value)
+ON_ERROR = one_of("raise", "collect")
 
 
 def _name_field() -> Any:
-    return attrs.field(default=None, kw_only=True, validator=_check_name)
+    return attrs.field(default=None, kw_only=True, validator=NAME.or_none())
 
 
 def _timeout_field() -> Any:
-    return attrs.field(default=None, kw_only=True, validator=optional_number())
+    return attrs.field(default=None, kw_only=True, validator=SECONDS.or_none())
 
 
 def _check_step(owner: object, field: str, value: object) -> None:
@@ -74,7 +83,10 @@ class Step:
 
 
 def _to_target(value: Any) -> str | Tool:
-    if isinstance(value, str | Tool):
+    if isinstance(value, str):
+        # "pkg.mod:fn" is an import path, as in documents; see ImportPath.
+        return ImportPath(value) if ":" in value else value
+    if isinstance(value, Tool):
         return value
     if callable(value):
         return Tool.of(value)
@@ -82,10 +94,19 @@ def _to_target(value: Any) -> str | Tool:
 
 
 def _check_target(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, ImportPath):
+        if not IMPORT_PATH.fullmatch(value):
+            fail(inst, attr.name, "an import path 'module:attr'", value)
+        return
     if isinstance(value, str) and value:
         return
     if not isinstance(value, Tool):
-        fail(inst, attr.name, "a tool name, a plait.Tool or a function", value)
+        fail(
+            inst,
+            attr.name,
+            "a tool name, an import path 'module:attr', a plait.Tool or a function",
+            value,
+        )
 
 
 def _plain_keyword(name: str) -> bool:
@@ -102,8 +123,11 @@ class Call(Step):
     """Call a tool: ``Call("search", Var("query"), limit=5)``.
 
     Args:
-        target: a registered tool name, a :class:`plait.Tool`, or a function
-            (made a tool with default options).
+        target: a registered tool name; an import path ``"pkg.mod:fn"`` (a
+            str with ``:``) of a function or a :class:`plait.Tool`, imported
+            when an engine runs the step, as in documents; a
+            :class:`plait.Tool`; or a function (made a tool with default
+            options).
         *args: the tool's positional arguments, expressions or constants.
         **kwargs: the tool's keyword arguments, expressions or constants.
         name: bind the result for later steps.
@@ -119,7 +143,9 @@ class Call(Step):
     kwargs: dict[str, Any] = attrs.field(factory=dict)
     name: str | None = _name_field()
     timeout: float | None = _timeout_field()
-    retry: Retry | None = attrs.field(default=None, kw_only=True)
+    retry: Retry | None = attrs.field(
+        default=None, kw_only=True, validator=instance_of(Retry).or_none()
+    )
 
     def __init__(
         self,
@@ -147,10 +173,6 @@ class Call(Step):
                     "arguments",
                 )
             kwargs = {**kwargs, **arguments}
-        if retry is not None and not isinstance(retry, Retry):
-            raise WorkflowError(
-                f"Call.retry must be a plait.Retry or None, got {retry!r}", "retry"
-            )
         self.__attrs_init__(
             target, tuple(args), dict(kwargs), name=name, timeout=timeout, retry=retry
         )
@@ -214,9 +236,7 @@ class Parallel(Step):
     steps: tuple[Step, ...] | dict[str, Step]
     name: str | None = _name_field()
     timeout: float | None = _timeout_field()
-    on_error: str = attrs.field(
-        default="raise", kw_only=True, validator=one_of("raise", "collect")
-    )
+    on_error: str = attrs.field(default="raise", kw_only=True, validator=ON_ERROR)
 
     def __init__(
         self,
@@ -297,15 +317,6 @@ def _check_reduce(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         fail(inst, attr.name, "a plain (not async) function (acc, value) -> acc", value)
 
 
-def _check_item(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if (
-        not isinstance(value, str)
-        or not value.isidentifier()
-        or keyword.iskeyword(value)
-    ):
-        fail(inst, attr.name, "an identifier such as 'item'", value)
-
-
 def _check_over(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, Step):
         fail(
@@ -348,12 +359,10 @@ class MapReduce(Step):
         default=None, validator=_check_reduce
     )
     initial: Any = attrs.field(default=None)
-    max_concurrency: int | None = attrs.field(
-        default=None, validator=optional_count(minimum=1)
-    )
-    ordered: bool = attrs.field(default=True)
-    item: str = attrs.field(default="item", validator=_check_item)
-    on_error: str = attrs.field(default="raise", validator=one_of("raise", "collect"))
+    max_concurrency: int | None = attrs.field(default=None, validator=COUNT.or_none())
+    ordered: bool = attrs.field(default=True, validator=BOOL)
+    item: str = attrs.field(default="item", validator=IDENTIFIER)
+    on_error: str = attrs.field(default="raise", validator=ON_ERROR)
     name: str | None = _name_field()
     timeout: float | None = _timeout_field()
 
@@ -361,8 +370,6 @@ class MapReduce(Step):
         if isinstance(self.map, _MapShorthand):
             object.__setattr__(self, "map", Call(self.map.target, Var(self.item)))
         _check_step(self, "map", self.map)
-        if not isinstance(self.ordered, bool):
-            fail(self, "ordered", "True or False", self.ordered)
 
     def __repr__(self) -> str:
         parts = [f"over={self.over!r}", f"map={self.map!r}"]
@@ -397,11 +404,13 @@ class Workflow:
     """
 
     step: Step = attrs.field()
-    name: str | None = attrs.field(default=None, kw_only=True)
+    name: str | None = attrs.field(default=None, kw_only=True, validator=TEXT.or_none())
     inputs: tuple[str, ...] = attrs.field(
         default=(), kw_only=True, converter=_to_names, validator=_check_inputs
     )
-    description: str | None = attrs.field(default=None, kw_only=True)
+    description: str | None = attrs.field(
+        default=None, kw_only=True, validator=TEXT.or_none()
+    )
 
     def __attrs_post_init__(self) -> None:
         _check_step(self, "step", self.step)

@@ -11,7 +11,7 @@ import attrs
 
 from ._ratelimit import RateLimit
 from ._retry import Retry
-from ._validate import fail, optional_count, optional_number
+from ._validate import CALLABLE, COUNT, SECONDS, Rule, instance_of
 
 __all__ = ["Tool", "is_async_callable", "tool"]
 
@@ -30,22 +30,7 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
-def _check_fn(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not callable(value):
-        fail(inst, attr.name, "a callable", value)
-
-
-def _check_name(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        fail(inst, attr.name, "a non-empty str", value)
-
-
-def _check_optional(kind: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not isinstance(value, kind):
-            fail(inst, attr.name, f"a plait.{kind.__name__} or None", value)
-
-    return check
+_TOOL_NAME = Rule("a non-empty str", lambda v: isinstance(v, str) and bool(v))
 
 
 @attrs.frozen(repr=False)
@@ -67,19 +52,19 @@ class Tool:
             worker threads).
     """
 
-    fn: Callable[..., Any] = attrs.field(validator=_check_fn)
-    name: str = attrs.field(validator=_check_name)
+    fn: Callable[..., Any] = attrs.field(validator=CALLABLE)
+    name: str = attrs.field(validator=_TOOL_NAME)
     concurrency_limit: int | None = attrs.field(
-        default=None, kw_only=True, validator=optional_count(minimum=1)
+        default=None, kw_only=True, validator=COUNT.or_none()
     )
     timeout: float | None = attrs.field(
-        default=None, kw_only=True, validator=optional_number()
+        default=None, kw_only=True, validator=SECONDS.or_none()
     )
     retry: Retry | None = attrs.field(
-        default=None, kw_only=True, validator=_check_optional(Retry)
+        default=None, kw_only=True, validator=instance_of(Retry).or_none()
     )
     rate_limit: RateLimit | None = attrs.field(
-        default=None, kw_only=True, validator=_check_optional(RateLimit)
+        default=None, kw_only=True, validator=instance_of(RateLimit).or_none()
     )
     is_async: bool = attrs.field(init=False, eq=False)
 

@@ -15,15 +15,16 @@ from .._calls._middleware import Middleware
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
 from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
-from .._model._events import EventBus, Subscriber, Subscription
+from .._model._events import EventBus, EventKind, Subscriber, Subscription
 from .._model._expr import did_you_mean
+from .._model._imports import ImportPath, import_tool
 from .._model._paths import index
 from .._model._ratelimit import RateLimit
 from .._model._results import RunResult
 from .._model._stats import RunStats
 from .._model._steps import Call, Step, Workflow
 from .._model._tools import Tool
-from .._model._validate import check_seconds
+from .._model._validate import check_count, check_seconds
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
 
@@ -34,9 +35,7 @@ FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
 
 
 def _check_positive_int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{what} must be an int >= 1, got {value!r}")
-    return value
+    return check_count(value, what)
 
 
 class Engine:
@@ -177,6 +176,8 @@ class Engine:
         return ToolRuntime(tool, limiter, bucket)
 
     def _lookup(self, target: str | Tool, path: str) -> ToolRuntime:
+        if isinstance(target, ImportPath):  # Call("pkg.mod:fn") in code: import it
+            target = import_tool(target, path)
         if isinstance(target, str):
             try:
                 return self._tools[target]
@@ -202,9 +203,14 @@ class Engine:
         return rt
 
     # -- events --------------------------------------------------------------
-    def subscribe(self, fn: Subscriber) -> Subscription:
-        """Call ``fn(event)`` for every :class:`plait.Event`; see :class:`EventBus`."""
-        return self.events.subscribe(fn)
+    def subscribe(
+        self, fn: Subscriber, kinds: Iterable[EventKind | str] | None = None
+    ) -> Subscription:
+        """Call ``fn(event)`` for every :class:`plait.Event` (of ``kinds``).
+
+        See :meth:`plait.EventBus.subscribe`.
+        """
+        return self.events.subscribe(fn, kinds)
 
     # -- running -------------------------------------------------------------
     def _new_run(self) -> RunContext:

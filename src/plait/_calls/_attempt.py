@@ -23,7 +23,7 @@ from .._model._events import EventKind
 from ._admission import Admission, Release
 from ._report import CallReport
 
-__all__ = ["Attempt", "Call", "OnFailure", "build_attempt"]
+__all__ = ["Attempt", "Call", "OnFailure", "Steps", "build_attempt"]
 
 _perf = time.perf_counter
 
@@ -96,36 +96,97 @@ def _nothing() -> None:
     pass
 
 
+class Steps:
+    """The parts of one attempt that surround the tool: enter, done, fail.
+
+    Both drivers of an attempt use them: the :func:`build_attempt` coroutine,
+    and a map worker that awaits a plain async tool itself (one coroutine
+    frame fewer between its task and the tool).
+    """
+
+    __slots__ = ("add_latency", "admit", "bus", "counters", "on_failure", "report")
+
+    def __init__(
+        self, admit: Admission, report: CallReport, on_failure: OnFailure | None
+    ) -> None:
+        self.admit = admit
+        self.report = report
+        self.counters = report.counters
+        self.add_latency = report.counters.latency.add
+        self.bus = report.bus
+        self.on_failure = on_failure
+
+    def enter(
+        self, template: str, loc: tuple[int, ...], number: int = 1
+    ) -> Release | None:
+        """Take the slots now and announce the call; None when it must wait."""
+        if self.on_failure is not None and number == 1:
+            self.counters.calls += 1
+        release = self.admit.try_enter()
+        if release is not None and _STARTED in self.bus.kinds:
+            _announce(self.report, template, loc, number, release)
+        return release
+
+    async def wait(
+        self,
+        template: str,
+        loc: tuple[int, ...],
+        number: int = 1,
+        admit: Admission | None = None,
+    ) -> Release:
+        """Wait for the slots and tokens (``admit``: other limits), announce."""
+        report = self.report
+        waited = False
+
+        def on_wait(seconds: float) -> None:
+            nonlocal waited
+            if not waited:  # one report per attempt, however often it waits
+                waited = True
+                report.rate_limited(template, loc, number, seconds)
+
+        release = await (admit or self.admit).enter(on_wait)
+        if _STARTED in self.bus.kinds:
+            _announce(report, template, loc, number, release)
+        return release
+
+    def done(
+        self, started: float, template: str, loc: tuple[int, ...], number: int = 1
+    ) -> None:
+        """The tool returned: record its latency and report the finish."""
+        elapsed = _perf() - started
+        self.add_latency(elapsed)
+        if _FINISHED in self.bus.kinds:
+            self.report.finished(template, loc, number, started, elapsed)
+
+    def fail(
+        self, error: Exception, template: str, loc: tuple[int, ...], number: int = 1
+    ) -> None:
+        """The attempt failed: report it when it was the whole call."""
+        if self.on_failure is not None:
+            self.on_failure(template, loc, number, error)
+
+
+_STARTED = EventKind.CALL_STARTED
+_FINISHED = EventKind.CALL_FINISHED
+
+
 def build_attempt(
     call: Call,
-    admit: Admission,
-    report: CallReport,
+    steps: Steps,
     *,
     timeout: float | None,
     task_releases: bool,
-    on_failure: OnFailure | None,
 ) -> Attempt:
-    """Compose one attempt of a call.
+    """Compose one attempt of a call from its :class:`Steps`.
 
     Args:
         call: how the tool runs (:func:`async_call`, :func:`thread_call`).
-        admit: the slots and tokens each attempt takes.
-        report: the tool's counters and events.
+        steps: admission and reporting around the tool.
         timeout: seconds per attempt, or None.
         task_releases: the task gives the slots back when the attempt ends
             (else the worker thread does).
-        on_failure: set when the attempt is the whole call (nothing retries
-            or wraps it): the attempt then counts the call, and hands a
-            failure to ``on_failure``, which may raise the error the caller
-            sees. None when an outer layer does both.
     """
-    counters = report.counters
-    add_latency = counters.latency.add
-    bus = report.bus
-    note = report.note
-    started_kind = EventKind.CALL_STARTED
-    finished_kind = EventKind.CALL_FINISHED
-    whole_call = on_failure is not None
+    enter, wait, done, fail = steps.enter, steps.wait, steps.done, steps.fail
 
     async def attempt(
         args: tuple[Any, ...],
@@ -135,58 +196,26 @@ def build_attempt(
         number: int = 1,
         admission: Admission | None = None,
     ) -> Any:
-        if whole_call:
-            counters.calls += 1
         try:
-            admit_now = admission or admit
-            release = admit_now.try_enter()
+            release = None if admission else enter(template, loc, number)
             if release is None:
-                release = await _wait(admit_now, report, template, loc, number)
-            if bus.wants(started_kind):
-                _announce(report, template, loc, number, release)
-            # Decided as the call starts: a subscriber that joins meanwhile
-            # never sees a call finish that it did not see start.
-            watched = bus.wants(finished_kind)
+                release = await wait(template, loc, number, admission)
             started = _perf()
             try:
                 work = call(args, kwargs, release, (template, loc, number))
-                if timeout is None:
-                    result = await work
-                else:
-                    result = await _within(work, timeout, report, template, loc, number)
+                if timeout is not None:
+                    work = _within(work, timeout, steps.report, template, loc, number)
+                result = await work
             finally:
                 if task_releases:
                     release()
         except Exception as error:
-            if on_failure is not None:
-                on_failure(template, loc, number, error)
+            fail(error, template, loc, number)
             raise
-        elapsed = _perf() - started
-        add_latency(elapsed)
-        if watched:
-            note(finished_kind, template, loc, number, duration=elapsed)
+        done(started, template, loc, number)
         return result
 
     return attempt
-
-
-async def _wait(
-    admit: Admission,
-    report: CallReport,
-    template: str,
-    loc: tuple[int, ...],
-    number: int,
-) -> Release:
-    """Wait for the attempt's slots and tokens, reporting a wait for a token."""
-    waited = False
-
-    def on_wait(seconds: float) -> None:
-        nonlocal waited
-        if not waited:  # one report per attempt, however often it waits
-            waited = True
-            report.rate_limited(template, loc, number, seconds)
-
-    return await admit.enter(on_wait)
 
 
 def _announce(

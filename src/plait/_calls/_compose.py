@@ -8,21 +8,52 @@ tool under the engine's limit is one coroutine: its attempt.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import attrs
 
 from .._model._errors import StepFailed
 from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._retry import Retry
 from ._admission import admission
-from ._attempt import Attempt, OnFailure, async_call, build_attempt, thread_call
+from ._attempt import (
+    Attempt,
+    OnFailure,
+    Steps,
+    async_call,
+    build_attempt,
+    thread_call,
+)
 from ._context import RunContext, ToolRuntime
 from ._invoker import Invoker
 from ._middleware import with_middleware
 from ._report import CallReport
 from ._retry import with_retry
 
-__all__ = ["compose"]
+__all__ = ["Lean", "Pipeline", "compose", "compose_pipeline"]
+
+
+@attrs.frozen(eq=False)
+class Lean:
+    """A call that is only admission around an async tool, as its parts.
+
+    A driver that runs many such calls (a map worker) awaits ``fn`` itself
+    between ``steps.enter``/``steps.wait`` and ``steps.done``/``steps.fail``,
+    one coroutine frame fewer than awaiting the pipeline.
+    """
+
+    fn: Callable[..., Awaitable[Any]]
+    steps: Steps
+
+
+@attrs.frozen(eq=False)
+class Pipeline:
+    """A composed call: the invoker, and its :class:`Lean` parts if it has them."""
+
+    invoke: Invoker
+    lean: Lean | None
 
 
 def compose(
@@ -34,6 +65,21 @@ def compose(
     step_errors: bool = False,
     name: str | None = None,
 ) -> Invoker:
+    """The invoker of :func:`compose_pipeline`."""
+    return compose_pipeline(
+        rt, run, timeout=timeout, retry=retry, step_errors=step_errors, name=name
+    ).invoke
+
+
+def compose_pipeline(
+    rt: ToolRuntime,
+    run: RunContext,
+    *,
+    timeout: float | None,
+    retry: Retry | None,
+    step_errors: bool = False,
+    name: str | None = None,
+) -> Pipeline:
     """Build the call pipeline of ``rt.tool`` for one run.
 
     Args:
@@ -48,15 +94,16 @@ def compose(
     report = CallReport(label, run.counters_for(label), run.events)
     finish = _finisher(report, step_errors)
     layered = retry is not None or bool(run.middleware)
-    attempt = _attempt(rt, run, report, timeout, None if layered else finish)
+    attempt, steps = _attempt(rt, run, report, timeout, None if layered else finish)
     if run.middleware:
         limiters, buckets = _limits(rt, run)
         attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
     if retry is not None:
-        return with_retry(attempt, retry, report, finish)
+        return Pipeline(with_retry(attempt, retry, report, finish), None)
     if layered:
-        return _whole_call(attempt, report, finish)
-    return attempt
+        return Pipeline(_whole_call(attempt, report, finish), None)
+    lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
+    return Pipeline(attempt, lean)
 
 
 def _limits(rt: ToolRuntime, run: RunContext) -> tuple[Any, Any]:
@@ -71,7 +118,7 @@ def _attempt(
     report: CallReport,
     timeout: float | None,
     on_failure: OnFailure | None,
-) -> Attempt:
+) -> tuple[Attempt, Steps]:
     tool = rt.tool
     limiters, buckets = _limits(rt, run)
     if tool.is_async:
@@ -92,14 +139,9 @@ def _attempt(
         )
         lease = None
         task_releases = not run.slots_follow_threads
-    return build_attempt(
-        call,
-        admission(limiters, buckets, lease=lease),
-        report,
-        timeout=timeout,
-        task_releases=task_releases,
-        on_failure=on_failure,
-    )
+    steps = Steps(admission(limiters, buckets, lease=lease), report, on_failure)
+    attempt = build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
+    return attempt, steps
 
 
 def _finisher(report: CallReport, step_errors: bool) -> OnFailure:

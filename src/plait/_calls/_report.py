@@ -40,6 +40,24 @@ class CallReport:
                 kind, fill(template, loc), tool=self.name, attempt=number, **fields
             )
 
+    def finished(
+        self,
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
+        started: float,
+        duration: float,
+    ) -> None:
+        """Report a finished attempt to those subscribed when it started."""
+        self.bus.emit_since(
+            started,
+            EventKind.CALL_FINISHED,
+            fill(template, loc),
+            tool=self.name,
+            attempt=number,
+            duration=duration,
+        )
+
     def failed(
         self, template: str, loc: tuple[int, ...], number: int, error: Exception
     ) -> None:

@@ -101,11 +101,13 @@ class EventBus:
     event nobody wants is never built.
     """
 
-    __slots__ = ("_by_kind", "_subscribers", "active")
+    __slots__ = ("_subscribers", "active", "kinds")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[tuple[Subscriber, frozenset[EventKind]], ...] = ()
-        self._by_kind: dict[EventKind, tuple[Subscriber, ...]] = {}
+        self._subscribers: tuple[_Entry, ...] = ()
+        # The subscribers of each kind someone wants, with the
+        # time.perf_counter() of their subscription; read per call.
+        self.kinds: dict[EventKind, tuple[tuple[Subscriber, float], ...]] = {}
         # A plain attribute, not a property: hot paths test it per call.
         self.active = False
 
@@ -126,7 +128,7 @@ class EventBus:
         if not callable(fn):
             raise TypeError(f"subscriber must be callable, got {fn!r}")
         wanted = frozenset(EventKind) if kinds is None else _kinds(kinds)
-        self._subscribers = (*self._subscribers, (fn, wanted))
+        self._subscribers = (*self._subscribers, (fn, wanted, time.perf_counter()))
         self._index()
         return Subscription(self, fn)
 
@@ -136,34 +138,61 @@ class EventBus:
         self._index()
 
     def _index(self) -> None:
-        by_kind: dict[EventKind, tuple[Subscriber, ...]] = {}
-        for fn, kinds in self._subscribers:
+        by_kind: dict[EventKind, tuple[tuple[Subscriber, float], ...]] = {}
+        for fn, kinds, since in self._subscribers:
             for kind in kinds:
-                by_kind[kind] = (*by_kind.get(kind, ()), fn)
-        self._by_kind = by_kind
+                by_kind[kind] = (*by_kind.get(kind, ()), (fn, since))
+        self.kinds = by_kind
         self.active = bool(self._subscribers)
 
     def wants(self, kind: EventKind) -> bool:
         """Whether any subscriber listens to events of ``kind``."""
-        return kind in self._by_kind
+        return kind in self.kinds
 
     def emit(self, event: Event) -> None:
         """Send ``event`` to its subscribers; their errors are logged, not raised."""
-        for fn in self._by_kind.get(event.kind, ()):
-            try:
-                fn(event)
-            except Exception:
-                logger.exception(
-                    "plait event subscriber %r failed on %s at %r; the run goes on",
-                    fn,
-                    event.kind,
-                    event.path,
-                )
+        for fn, _ in self.kinds.get(event.kind, ()):
+            _deliver(fn, event)
 
     def emit_new(self, kind: EventKind, path: str, **fields: Any) -> None:
         """Build and emit an event, only when someone listens to its kind."""
-        if kind in self._by_kind:
+        if kind in self.kinds:
             self.emit(Event(kind, path, **fields))
+
+    def emit_since(
+        self, since: float, kind: EventKind, path: str, **fields: Any
+    ) -> None:
+        """Emit to the subscribers of ``kind`` subscribed before ``since``.
+
+        For the end of something that started at ``since``
+        (``time.perf_counter()``): a subscriber never sees a call finish
+        that it did not see start.
+        """
+        subscribers = self.kinds.get(kind, ())
+        if not subscribers:
+            return
+        event = Event(kind, path, **fields)
+        if all(subscribed <= since for _, subscribed in subscribers):
+            self.emit(event)
+            return
+        for fn, subscribed in subscribers:
+            if subscribed <= since:
+                _deliver(fn, event)
+
+
+_Entry = tuple[Subscriber, frozenset[EventKind], float]
+
+
+def _deliver(fn: Subscriber, event: Event) -> None:
+    try:
+        fn(event)
+    except Exception:
+        logger.exception(
+            "plait event subscriber %r failed on %s at %r; the run goes on",
+            fn,
+            event.kind,
+            event.path,
+        )
 
 
 def _kinds(kinds: Iterable[EventKind | str]) -> frozenset[EventKind]:

@@ -21,17 +21,17 @@ from typing import Any
 import anyio
 
 from .._calls._admission import drop_idle_lease
-from .._calls._compose import compose
+from .._calls._compose import Pipeline, compose_pipeline
 from .._calls._context import RunContext, ToolRuntime
-from .._calls._invoker import Invoker
 from .._concurrency._groups import raise_collapsed
 from .._model._errors import StepFailed, StepTimeout, WorkflowError
 from .._model._events import EventKind
 from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
+from ._arguments import Arguments, arguments
 from ._failures import to_failure
-from ._mapreduce import NOTHING, MapSpec, Node, Scope, run_map
+from ._mapreduce import NOTHING, LeanCall, MapSpec, Node, Scope, run_map
 
 __all__ = ["Compiler", "Node"]
 
@@ -52,7 +52,7 @@ class Compiler:
         self.tools = tools
         self.functions = functions
         self.max_concurrency = max_concurrency
-        self._invokers: dict[tuple[int, float | None, Any], Invoker] = {}
+        self._pipelines: dict[tuple[int, float | None, Any], Pipeline] = {}
 
     # -- entry ---------------------------------------------------------------
     def compile(self, step: Step, template: str, env: frozenset[str]) -> Node:
@@ -107,18 +107,23 @@ class Compiler:
         return compile_expr(expr, env, self.functions, _plain(template))
 
     # -- Call ----------------------------------------------------------------
-    def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
+    def _pipeline(self, step: Call, template: str) -> Pipeline:
+        """The call pipeline of ``step``, one per tool, timeout and retry."""
         rt = self.tools(step, _plain(template))
         tool = rt.tool
         timeout = step.timeout if step.timeout is not None else tool.timeout
         retry = step.retry if step.retry is not None else tool.retry
         cache_key = (id(rt), timeout, retry)
-        invoker = self._invokers.get(cache_key)
-        if invoker is None:
-            invoker = compose(
+        pipeline = self._pipelines.get(cache_key)
+        if pipeline is None:
+            pipeline = compose_pipeline(
                 rt, self.run, timeout=timeout, retry=retry, step_errors=True
             )
-            self._invokers[cache_key] = invoker
+            self._pipelines[cache_key] = pipeline
+        return pipeline
+
+    def _arguments(self, step: Call, template: str, env: frozenset[str]) -> Arguments:
+        """``scope -> (args, kwargs)`` for ``step``, its expressions compiled."""
         args_at = child(template, "args")
         arg_evs = [
             self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
@@ -126,30 +131,39 @@ class Compiler:
         kw_evs = [
             (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
         ]
+        return arguments(arg_evs, kw_evs)
 
-        # Plain functions returning the invoker's coroutine, which raises
+    def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
+        invoker = self._pipeline(step, template).invoke
+        evaluate = self._arguments(step, template, env)
+
+        # A plain function returning the invoker's coroutine, which raises
         # StepFailed itself: a call step adds no coroutine of its own.
-        if len(arg_evs) == 1 and not kw_evs:
-            only = arg_evs[0]
-
-            def call_one(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
-                try:
-                    arg = only(scope)
-                except Exception as error:
-                    raise StepFailed(fill(template, loc), error) from error
-                return invoker((arg,), {}, template, loc)
-
-            return call_one
-
         def call(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
             try:
-                args = tuple([ev(scope) for ev in arg_evs])
-                kwargs = {k: ev(scope) for k, ev in kw_evs}
+                args, kwargs = evaluate(scope)
             except Exception as error:
                 raise StepFailed(fill(template, loc), error) from error
             return invoker(args, kwargs, template, loc)
 
         return call
+
+    def _lean_map(
+        self, step: MapReduce, template: str, env: frozenset[str]
+    ) -> LeanCall | None:
+        """The map step as a :class:`LeanCall` when it is a call that has one.
+
+        Not with step-event subscribers: their hooks wrap the step's node.
+        """
+        call = step.map
+        if self.run.events.active or not isinstance(call, Call):
+            return None
+        lean = self._pipeline(call, template).lean
+        if lean is None:
+            return None
+        return LeanCall(
+            lean.fn, lean.steps, self._arguments(call, template, env), template
+        )
 
     # -- Sequential ----------------------------------------------------------
     def _sequential(self, step: Sequential, template: str, env: frozenset[str]) -> Node:
@@ -259,6 +273,9 @@ class Compiler:
             failures=self.run.failures,
             events=self.run.events,
             engine_limiter=self.run.engine_limiter,
+            lean=self._lean_map(
+                step, child(template, "map") + "[{}]", env | {step.item}
+            ),
         )
 
         async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:

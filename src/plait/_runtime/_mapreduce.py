@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -24,12 +25,14 @@ import anyio.lowlevel
 import attrs
 
 from .._calls._admission import drop_idle_lease, lease_slots
+from .._calls._attempt import Steps
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
 from .._model._errors import StepFailed
 from .._model._events import EventBus, EventKind
 from .._model._paths import fill
 from .._model._results import Failure
+from ._arguments import Arguments
 from ._failures import to_failure
 
 __all__ = ["NOTHING", "MapSpec", "Node", "Scope", "run_map"]
@@ -43,6 +46,8 @@ WINDOW_FACTOR = 2
 # A map worker yields to the event loop at least once per this many elements,
 # even when its tool never does.
 CHECKPOINT_EVERY = 64
+
+_perf = time.perf_counter
 
 
 class _Nothing:
@@ -69,6 +74,17 @@ class MapSpec:
     failures: list[Failure]
     events: EventBus
     engine_limiter: Limiter
+    lean: LeanCall | None
+
+
+@attrs.frozen(eq=False)
+class LeanCall:
+    """A map step that is one lean call: the worker awaits the tool itself."""
+
+    fn: Callable[..., Awaitable[Any]]
+    steps: Steps
+    arguments: Arguments
+    template: str
 
 
 class _MapRun:
@@ -202,6 +218,11 @@ class _MapRun:
             loc = self.loc
             item = spec.item
             map_node = spec.map_node
+            lean = spec.lean
+            if lean is not None:
+                fn, steps, arguments = lean.fn, lean.steps, lean.arguments
+                template = lean.template
+                enter, done = steps.enter, steps.done
             keep = spec.reduce_fn is None
             results = self.results
             sync_iter = self.sync_iter
@@ -234,7 +255,27 @@ class _MapRun:
                 item_scope = scope.copy()
                 item_scope[item] = element
                 try:
-                    value = await map_node(item_scope, here)
+                    if lean is None:
+                        value = await map_node(item_scope, here)
+                    else:
+                        # The lean call's own attempt, driven here (see Steps):
+                        # one coroutine frame fewer between task and tool.
+                        try:
+                            args, kwargs = arguments(item_scope)
+                        except Exception as error:
+                            raise StepFailed(fill(template, here), error) from error
+                        release = enter(template, here)
+                        if release is None:
+                            release = await steps.wait(template, here)
+                        started = _perf()
+                        try:
+                            value = await fn(*args, **kwargs)
+                        except Exception as error:
+                            steps.fail(error, template, here)
+                            raise
+                        finally:
+                            release()
+                        done(started, template, here)
                 except Exception as error:
                     if not spec.collect:
                         raise

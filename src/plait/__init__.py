@@ -31,6 +31,7 @@ from ._model._retry import Retry
 from ._model._stats import RunStats, ToolStats
 from ._model._steps import Call, MapReduce, Parallel, Sequential, Step, Workflow
 from ._model._tools import Tool, tool
+from ._public import publish
 from ._runtime._engine import Engine
 from ._runtime._run import run
 
@@ -88,3 +89,6 @@ __all__ = [
     "StepTimeout",
     "StepFailed",
 ]
+
+publish(__name__, globals())
+del publish

@@ -115,7 +115,7 @@ class StepTimeout(PlaitError, TimeoutError):
         deadline: True when it was the run's ``deadline=``.
     """
 
-    def __init__(self, path: str, timeout: float, *, deadline: bool = False) -> None:
+    def __init__(self, path: str, timeout: float, deadline: bool = False) -> None:
         what = "the run's deadline" if deadline else "step timeout"
         super().__init__(f"{what} of {timeout:g}s expired at {show_path(path)}")
         self.path = path
@@ -123,7 +123,7 @@ class StepTimeout(PlaitError, TimeoutError):
         self.deadline = deadline
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.path, self.timeout), {"deadline": self.deadline})
+        return (type(self), (self.path, self.timeout, self.deadline))
 
 
 class StepFailed(PlaitError):

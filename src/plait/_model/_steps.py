@@ -177,6 +177,18 @@ class Call(Step):
             target, tuple(args), dict(kwargs), name=name, timeout=timeout, retry=retry
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle holds the target as a plain str: ImportPath is internal.
+        state = {f.name: getattr(self, f.name) for f in attrs.fields(Call)}
+        if isinstance(self.target, str):
+            state["target"] = str(self.target)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "target", _to_target(self.target))
+
     @property
     def tool_name(self) -> str:
         """The name of the tool called."""

@@ -18,6 +18,7 @@ threads, async ones on the event loop.
 
 from __future__ import annotations
 
+from .._public import publish
 from ._adapt import agent_name, agent_tool
 from ._context import SharedContext, SyncContext
 from ._loop import AgentLoop, AsCompleted, InvocationResult, percentile
@@ -59,3 +60,6 @@ __all__ = [
     "run_agents_with_resource_monitoring",
     "run_agents_with_timeout",
 ]
+
+publish(__name__, globals())
+del publish

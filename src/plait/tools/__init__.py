@@ -19,6 +19,7 @@ process outlives its call. It works on asyncio, uvloop and Trio::
 from __future__ import annotations
 
 from .._model._errors import CommandFailed
+from .._public import publish
 from ._shell import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_OUTPUT,
@@ -37,3 +38,6 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_OUTPUT",
 ]
+
+publish(__name__, globals())
+del publish

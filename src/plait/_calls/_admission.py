@@ -42,14 +42,16 @@ OnWait = Callable[[float], None]
 class Lease:
     """One engine slot a task keeps between its calls."""
 
-    __slots__ = ("busy", "held", "limiter")
+    __slots__ = ("busy", "give_back", "held", "limiter")
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
         self.held = False
         self.busy = False
+        # Bound once: handed out as the release of every call on the lease.
+        self.give_back: Release = self._give_back
 
-    def give_back(self) -> None:
+    def _give_back(self) -> None:
         """A call using the lease ended: keep the slot unless someone waits."""
         self.busy = False
         if self.limiter._queued:
@@ -105,8 +107,11 @@ class Admission:
         self.limiters = limiters
         self._release = _release_all(limiters)
 
-    def try_enter(self) -> Release | None:
-        """Take everything now, never yielding; None when something is busy."""
+    def try_enter(self, lease: Lease | None = None) -> Release | None:
+        """Take everything now, never yielding; None when something is busy.
+
+        ``lease``: the calling task's lease, when the caller knows it.
+        """
         drop_idle_lease()
         limiters = self.limiters
         for i, lim in enumerate(limiters):
@@ -123,29 +128,61 @@ class Admission:
         return self._release
 
 
-class _EngineSlot(Admission):
-    """The engine's slot alone, for an async tool: may use the task's lease."""
+class _Leased(Admission):
+    """An async tool's slots, the engine's last: that one may be the lease.
 
-    __slots__ = ()
+    The other limiters (a tool's own limit, say) are taken as usual; the
+    engine's slot is the calling task's kept one when it has it.
+    """
 
-    def try_enter(self) -> Release | None:
-        lease = _lease.get()
-        if lease is None or lease.busy or lease.limiter is not self.limiters[0]:
+    __slots__ = ("engine", "others")
+
+    def __init__(self, limiters: tuple[Limiter, ...]) -> None:
+        super().__init__(limiters)
+        self.others = limiters[:-1]
+        self.engine = limiters[-1]
+
+    def try_enter(self, lease: Lease | None = None) -> Release | None:
+        if lease is None:
+            lease = _lease.get()
+        if lease is None or lease.busy or lease.limiter is not self.engine:
             return super().try_enter()
+        others = self.others
+        for i, lim in enumerate(others):
+            if not lim.try_acquire():
+                _release_each(others[:i])
+                return None
         if not lease.held:
-            if not lease.limiter.try_acquire():
+            if not self.engine.try_acquire():
+                _release_each(others)
                 return None
             lease.held = True
         lease.busy = True
-        return lease.give_back
+        if not others:
+            return lease.give_back
+        give_back = lease.give_back
+
+        def release() -> None:
+            _release_each(others)
+            give_back()
+
+        return release
 
     async def enter(self, on_wait: OnWait) -> Release:
         lease = _lease.get()
-        if lease is None or lease.busy or lease.limiter is not self.limiters[0]:
+        if lease is None or lease.busy or lease.limiter is not self.engine:
             return await super().enter(on_wait)
-        await lease.limiter.acquire()
+        if self.others:
+            # Waiting for a tool's slot holds no engine slot meanwhile.
+            return await super().enter(on_wait)
+        await self.engine.acquire()
         lease.held = lease.busy = True
         return lease.give_back
+
+
+def _release_each(limiters: tuple[Limiter, ...]) -> None:
+    for lim in limiters:
+        lim.release()
 
 
 class _Paced(Admission):
@@ -159,7 +196,7 @@ class _Paced(Admission):
         super().__init__(limiters)
         self.buckets = buckets
 
-    def try_enter(self) -> Release | None:
+    def try_enter(self, lease: Lease | None = None) -> Release | None:
         return None
 
     async def enter(self, on_wait: OnWait) -> Release:
@@ -194,15 +231,15 @@ def admission(
 
     The same limiter or bucket listed twice (a middleware listed twice, a
     key equal to a tool's own) is taken once. ``lease``: the engine limiter,
-    when the call may run on a slot its task keeps (an async tool under that
-    limiter alone).
+    when the call may run on a slot its task keeps (an async tool, whose
+    slots the task gives back).
     """
     limiters = tuple(dict.fromkeys(limiters))
     buckets = tuple(dict.fromkeys(buckets))
     if buckets:
         return _Paced(limiters, buckets)
-    if lease is not None and limiters == (lease,):
-        return _EngineSlot(limiters)
+    if lease is not None and limiters and limiters[-1] is lease:
+        return _Leased(limiters)
     return Admission(limiters)
 
 

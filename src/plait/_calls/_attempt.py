@@ -20,7 +20,7 @@ from .._concurrency._bridge import run_in_thread
 from .._concurrency._limits import Limiter
 from .._model._errors import ToolTimeout
 from .._model._events import EventKind
-from ._admission import Admission, Release
+from ._admission import Admission, Lease, Release
 from ._report import CallReport
 
 __all__ = ["Attempt", "Call", "OnFailure", "Steps", "build_attempt"]
@@ -104,7 +104,15 @@ class Steps:
     frame fewer between its task and the tool).
     """
 
-    __slots__ = ("add_latency", "admit", "bus", "counters", "on_failure", "report")
+    __slots__ = (
+        "add_latency",
+        "admit",
+        "bus",
+        "counters",
+        "on_failure",
+        "report",
+        "whole_call",
+    )
 
     def __init__(
         self, admit: Admission, report: CallReport, on_failure: OnFailure | None
@@ -115,14 +123,22 @@ class Steps:
         self.add_latency = report.counters.latency.add
         self.bus = report.bus
         self.on_failure = on_failure
+        self.whole_call = on_failure is not None
 
     def enter(
-        self, template: str, loc: tuple[int, ...], number: int = 1
+        self,
+        template: str,
+        loc: tuple[int, ...],
+        number: int = 1,
+        lease: Lease | None = None,
     ) -> Release | None:
-        """Take the slots now and announce the call; None when it must wait."""
-        if self.on_failure is not None and number == 1:
+        """Take the slots now and announce the call; None when it must wait.
+
+        ``lease``: the calling task's (see :class:`Lease`), when it knows it.
+        """
+        if self.whole_call:
             self.counters.calls += 1
-        release = self.admit.try_enter()
+        release = self.admit.try_enter(lease)
         if release is not None and _STARTED in self.bus.kinds:
             _announce(self.report, template, loc, number, release)
         return release

@@ -37,6 +37,8 @@ __all__ = ["Compiler", "Node"]
 
 ToolLookup = Callable[[Call, str], ToolRuntime]
 
+_STEP_EVENTS = (EventKind.STEP_STARTED, EventKind.STEP_FINISHED, EventKind.STEP_FAILED)
+
 
 class Compiler:
     """Compiles steps for one run of one engine."""
@@ -53,6 +55,8 @@ class Compiler:
         self.functions = functions
         self.max_concurrency = max_concurrency
         self._pipelines: dict[tuple[int, float | None, Any], Pipeline] = {}
+        bus = run.events
+        self._step_events = any(bus.wants(kind) for kind in _STEP_EVENTS)
 
     # -- entry ---------------------------------------------------------------
     def compile(self, step: Step, template: str, env: frozenset[str]) -> Node:
@@ -73,9 +77,9 @@ class Compiler:
 
     def _with_events(self, node: Node, template: str, kind: str) -> Node:
         bus = self.run.events
-        if not bus.active:
+        if not self._step_events:
             # Step events go to those subscribed when the run starts; with
-            # nobody listening a step runs with no wrapper at all.
+            # nobody listening to them a step runs with no wrapper at all.
             return node
 
         async def watched(scope: Scope, loc: tuple[int, ...]) -> Any:
@@ -156,7 +160,7 @@ class Compiler:
         Not with step-event subscribers: their hooks wrap the step's node.
         """
         call = step.map
-        if self.run.events.active or not isinstance(call, Call):
+        if self._step_events or not isinstance(call, Call):
             return None
         lean = self._pipeline(call, template).lean
         if lean is None:

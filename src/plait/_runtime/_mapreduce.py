@@ -264,7 +264,7 @@ class _MapRun:
                             args, kwargs = arguments(item_scope)
                         except Exception as error:
                             raise StepFailed(fill(template, here), error) from error
-                        release = enter(template, here)
+                        release = enter(template, here, 1, lease)
                         if release is None:
                             release = await steps.wait(template, here)
                         started = _perf()

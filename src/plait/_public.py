@@ -8,8 +8,9 @@ defined.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import typing
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,14 +62,16 @@ def _resolve_annotations(cls: type) -> None:
     ``typing.get_type_hints`` (and cattrs, through it) reads string
     annotations in the namespace of ``cls.__module__``: once that is
     ``plait``, names that only the defining module imports would not be
-    found. A class whose annotations cannot be resolved keeps them as they
-    are.
+    found. An annotation that cannot be evaluated stays as it is.
     """
+    module = sys.modules.get(cls.__module__)
+    if module is None:
+        return
     own = inspect.get_annotations(cls)
-    if not own:
-        return
-    try:
-        hints = typing.get_type_hints(cls, include_extras=True)
-    except Exception:  # a name imported only for type checkers
-        return
-    cls.__annotations__ = {k: hints.get(k, v) for k, v in own.items()}
+    for name, value in own.items():
+        # Not every annotation evaluates: a name imported only for type
+        # checkers, a generic that is not subscriptable at run time.
+        with contextlib.suppress(Exception):
+            if isinstance(value, str):
+                own[name] = eval(value, vars(module), dict(vars(cls)))
+    cls.__annotations__ = own

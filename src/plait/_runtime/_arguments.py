@@ -12,16 +12,16 @@ from typing import Any
 
 from .._model._expr import Evaluator
 
-__all__ = ["Arguments", "arguments"]
+__all__ = ["Evaluate", "arguments"]
 
-Arguments = Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+Evaluate = Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
 _NO_KWARGS: dict[str, Any] = {}  # only ever unpacked, never changed
 
 
 def arguments(
     positional: Sequence[Evaluator], keywords: Sequence[tuple[str, Evaluator]]
-) -> Arguments:
+) -> Evaluate:
     """``scope -> (args, kwargs)`` for these compiled argument expressions."""
     if not keywords:
         if len(positional) == 1:

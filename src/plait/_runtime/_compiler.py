@@ -29,9 +29,9 @@ from .._model._events import EventKind
 from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
-from ._arguments import Arguments, arguments
+from ._arguments import arguments
 from ._failures import to_failure
-from ._mapreduce import NOTHING, LeanCall, MapSpec, Node, Scope, run_map
+from ._mapreduce import NOTHING, Arguments, LeanCall, MapSpec, Node, Scope, run_map
 
 __all__ = ["Compiler", "Node"]
 
@@ -127,7 +127,11 @@ class Compiler:
         return pipeline
 
     def _arguments(self, step: Call, template: str, env: frozenset[str]) -> Arguments:
-        """``scope -> (args, kwargs)`` for ``step``, its expressions compiled."""
+        """``(scope, loc) -> (args, kwargs)`` for ``step``, raising StepFailed.
+
+        The argument expressions are compiled once; an error evaluating them
+        is the step's failure, at its path.
+        """
         args_at = child(template, "args")
         arg_evs = [
             self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
@@ -135,7 +139,15 @@ class Compiler:
         kw_evs = [
             (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
         ]
-        return arguments(arg_evs, kw_evs)
+        evaluate = arguments(arg_evs, kw_evs)
+
+        def checked(scope: Scope, loc: tuple[int, ...]) -> tuple[Any, Any]:
+            try:
+                return evaluate(scope)
+            except Exception as error:
+                raise StepFailed(fill(template, loc), error) from error
+
+        return checked
 
     def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
         invoker = self._pipeline(step, template).invoke
@@ -144,10 +156,7 @@ class Compiler:
         # A plain function returning the invoker's coroutine, which raises
         # StepFailed itself: a call step adds no coroutine of its own.
         def call(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
-            try:
-                args, kwargs = evaluate(scope)
-            except Exception as error:
-                raise StepFailed(fill(template, loc), error) from error
+            args, kwargs = evaluate(scope, loc)
             return invoker(args, kwargs, template, loc)
 
         return call

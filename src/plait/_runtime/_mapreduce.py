@@ -18,7 +18,7 @@ import inspect
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -32,7 +32,6 @@ from .._model._errors import StepFailed
 from .._model._events import EventBus, EventKind
 from .._model._paths import fill
 from .._model._results import Failure
-from ._arguments import Arguments
 from ._failures import to_failure
 
 __all__ = ["NOTHING", "MapSpec", "Node", "Scope", "run_map"]
@@ -77,8 +76,11 @@ class MapSpec:
     lean: LeanCall | None
 
 
-@attrs.frozen(eq=False)
-class LeanCall:
+# (scope, element indexes) -> (args, kwargs); raises StepFailed at the call
+Arguments = Callable[[Scope, tuple[int, ...]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+class LeanCall(NamedTuple):
     """A map step that is one lean call: the worker awaits the tool itself."""
 
     fn: Callable[..., Awaitable[Any]]
@@ -208,44 +210,53 @@ class _MapRun:
                 self.window_open = anyio.Event()
             await self.window_open.wait()
 
+    async def _next_waiting(self) -> tuple[bool, Any]:
+        """The next element when getting it may wait (window, async input).
+
+        ``(False, None)`` when the input ended, or another worker met its
+        end while this one waited for the window.
+        """
+        if self.window != math.inf:
+            await self._wait_for_window()
+            if self.exhausted:
+                return False, None
+        if self.sync_iter is None:
+            return await self._pull()
+        try:
+            return True, next(self.sync_iter)
+        except Exception as error:
+            self._input_ended(error)
+            return False, None
+
     async def worker(self) -> None:
         """Pull elements and run the map step on each until the input ends."""
         # One frame, not a loop in a helper coroutine: every await of the
         # tool passes through each frame between the task and the tool.
         with lease_slots(self.spec.engine_limiter) as lease:
-            spec = self.spec
-            scope = self.scope
-            loc = self.loc
-            item = spec.item
-            map_node = spec.map_node
-            lean = spec.lean
+            spec, scope, loc, results = self.spec, self.scope, self.loc, self.results
+            item, map_node, lean = spec.item, spec.map_node, spec.lean
             if lean is not None:
-                fn, steps, arguments = lean.fn, lean.steps, lean.arguments
-                template = lean.template
+                fn, steps, arguments, template = lean
                 enter, done = steps.enter, steps.done
             keep = spec.reduce_fn is None
-            results = self.results
             sync_iter = self.sync_iter
             windowed = self.window != math.inf
             since_checkpoint = 0
             while not self.exhausted:
-                if windowed and self.pulled >= self.next_fold + self.window:
+                if sync_iter is None or (
+                    windowed and self.pulled >= self.next_fold + self.window
+                ):
                     lease.drop()
-                    await self._wait_for_window()
-                    if self.exhausted:  # another worker met the end meanwhile
+                    ok, element = await self._next_waiting()
+                    if not ok:
                         return
-                if sync_iter is not None:
-                    # Inline: a coroutine call per element would cost as much as
-                    # the rest of this loop.
+                else:
+                    # Inline: a coroutine call per element would cost as much
+                    # as the rest of this loop.
                     try:
                         element = next(sync_iter)
                     except Exception as error:
                         self._input_ended(error)
-                        return
-                else:
-                    lease.drop()
-                    ok, element = await self._pull()
-                    if not ok:
                         return
                 i = self.pulled
                 self.pulled = i + 1
@@ -260,10 +271,7 @@ class _MapRun:
                     else:
                         # The lean call's own attempt, driven here (see Steps):
                         # one coroutine frame fewer between task and tool.
-                        try:
-                            args, kwargs = arguments(item_scope)
-                        except Exception as error:
-                            raise StepFailed(fill(template, here), error) from error
+                        args, kwargs = arguments(item_scope, here)
                         release = enter(template, here, 1, lease)
                         if release is None:
                             release = await steps.wait(template, here)

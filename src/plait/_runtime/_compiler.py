@@ -15,6 +15,7 @@ before the step returns or raises.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ from ._mapreduce import NOTHING, Arguments, LeanCall, MapSpec, Node, Scope, run_
 __all__ = ["Compiler", "Node"]
 
 ToolLookup = Callable[[Call, str], ToolRuntime]
+
+_perf = time.perf_counter
 
 _STEP_EVENTS = (EventKind.STEP_STARTED, EventKind.STEP_FINISHED, EventKind.STEP_FAILED)
 
@@ -85,7 +88,7 @@ class Compiler:
         async def watched(scope: Scope, loc: tuple[int, ...]) -> Any:
             path = fill(template, loc)
             bus.emit_new(EventKind.STEP_STARTED, path, step=kind)
-            started = anyio.current_time()
+            started = _perf()
             try:
                 value = await node(scope, loc)
             except Exception as error:
@@ -94,14 +97,14 @@ class Compiler:
                     path,
                     step=kind,
                     error=error,
-                    duration=anyio.current_time() - started,
+                    duration=_perf() - started,
                 )
                 raise
             bus.emit_new(
                 EventKind.STEP_FINISHED,
                 path,
                 step=kind,
-                duration=anyio.current_time() - started,
+                duration=_perf() - started,
             )
             return value
 

@@ -213,22 +213,34 @@ def test_release_more_than_acquired_raises() -> None:
     assert reg.in_use("never-taken") == 0
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "x", True, math.nan])
-def test_invalid_limits_raise_config_error(bad: object) -> None:
-    with pytest.raises(plait.ConfigError) as info:
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (-1, plait.ConfigError),
+        (-math.inf, plait.ConfigError),
+        (1.5, TypeError),
+        ("x", TypeError),
+        (True, TypeError),
+        (math.nan, TypeError),
+    ],
+)
+def test_invalid_limits_raise(bad: object, error: type[Exception]) -> None:
+    # A wrong type is a TypeError, a negative number a ConfigError (a
+    # ValueError), as anyio and Trio raise for their capacity limiters.
+    with pytest.raises(error) as info:
         plait.Limiter(bad)  # type: ignore[arg-type]
     assert repr(bad) in str(info.value)
 
     reg = plait.LimiterRegistry()
     reg.set_limit("k", 3)
-    with pytest.raises(plait.ConfigError) as info:
+    with pytest.raises(error) as info:
         reg.set_limit("k", bad)  # type: ignore[arg-type]
     assert repr(bad) in str(info.value)
     assert "'k'" in str(info.value)
     assert reg.get_limit("k") == 3, "a rejected limit must leave the old one"
 
     lim = plait.Limiter(1)
-    with pytest.raises(plait.ConfigError):
+    with pytest.raises(error):
         lim.total = bad  # type: ignore[assignment]
     assert lim.total == 1
 
@@ -238,6 +250,10 @@ def test_valid_limit_values() -> None:
     assert plait.Limiter(math.inf).total == math.inf
     assert plait.Limiter(3).total == 3
     assert plait.Limiter(3.0).total == 3
+    assert plait.Limiter(0).total == 0  # paused
+    reg = plait.LimiterRegistry()
+    reg.set_limit("k", 0)
+    assert reg.get_limit("k") == 0
 
 
 # -- changing limits while in use --------------------------------------------------
@@ -840,21 +856,23 @@ def test_engine_rejects_bad_limits() -> None:
 
 
 def test_a_grant_racing_a_cancelled_waiter_and_a_closed_loop_returns_the_slot_once(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: tuple[str, dict[str, Any]]
 ) -> None:
     # Thread T grants the async waiter, then wakes it slowly; meanwhile the
     # waiter is cancelled and its loop closes, so the wake-up fails. The slot
     # must come back exactly once.
     from plait._concurrency import _wakeup
 
-    wake = _wakeup.AsyncWaiter.wake
+    backend, options = anyio_backend
+    waiter_class = _wakeup.TrioWaiter if backend == "trio" else _wakeup.AsyncioWaiter
+    wake = waiter_class.wake
 
-    def slow_wake(self: _wakeup.AsyncWaiter) -> bool:
-        if threading.get_ident() != self._thread:
+    def slow_wake(self: _wakeup.Waiter) -> bool:
+        if threading.current_thread() is thread:
             time.sleep(0.5)
-        return wake(self)
+        return wake(self)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_wakeup.AsyncWaiter, "wake", slow_wake)
+    monkeypatch.setattr(waiter_class, "wake", slow_wake)
     lim = plait.Limiter(1, "x")
     lim.acquire_blocking()
 
@@ -862,16 +880,16 @@ def test_a_grant_racing_a_cancelled_waiter_and_a_closed_loop_returns_the_slot_on
         time.sleep(0.2)
         lim.release()
 
-    t = threading.Thread(target=releaser)
-    t.start()
+    thread = threading.Thread(target=releaser)
+    thread.start()
 
     async def cancelled_waiter() -> None:
         with anyio.move_on_after(0.3):
             await lim.acquire()
 
-    anyio.run(cancelled_waiter)
+    anyio.run(cancelled_waiter, backend=backend, backend_options=options)
     lim.acquire_blocking()  # a new, legitimate holder
-    t.join()
+    thread.join()
     assert lim.borrowed == 1
     assert not lim.try_acquire()
     lim.release()

@@ -2,7 +2,8 @@
 
 The workflow files are in ``tests/cli/``, with the tools they name by import
 path in ``tests/cli/cli_tools.py``: the command puts a file's directory first
-on ``sys.path``, which the subprocess tests check by running from elsewhere.
+on ``sys.path`` (last with ``--imports``), which the subprocess tests check
+by running from elsewhere.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ def test_inputs_from_stdin(
         ([*TEXTS, "-i", "extra=1"], "unexpected input 'extra'"),
         (["--inputs", "missing.json"], "cannot read --inputs missing.json"),
         (["--max-concurrency", "0"], "expected an int >= 1"),
+        (["--interval", "0"], "expected a number > 0, got '0'"),
         (["--backend", "curio"], "invalid choice"),
+        (["--imports", "my-app"], "expected a module name such as 'myapp.tools'"),
+        (["--imports", "x", "--no-imports"], "not allowed with argument"),
     ],
 )
 def test_usage_errors(
@@ -274,6 +278,77 @@ def test_sys_path_is_restored(capsys: pytest.CaptureFixture[str]) -> None:
     before = list(sys.path)
     run_main(capsys, "run", WORDS, *TEXTS, "-q")
     assert sys.path == before
+    run_main(capsys, "run", WORDS, *TEXTS, "-q", "--imports", "cli_tools")
+    assert sys.path == before
+
+
+# -- --imports: files not trusted as code -------------------------------------
+def test_run_with_imports_allowed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(
+        capsys, "run", ECHO, "-i", "value=3", "-q", "--imports", "cli_tools"
+    )
+    assert code == ExitCode.OK, err
+    assert json.loads(out) == 3
+
+
+@pytest.mark.parametrize(
+    "option", [["--imports", "json", "--imports", "os"], ["--no-imports"]]
+)
+def test_run_refuses_other_imports_before_running(
+    capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    code, out, err = run_main(capsys, "run", ECHO, "-i", "value=3", *option)
+    assert code == ExitCode.FAILED
+    assert out == ""
+    assert "line 4, tool: import path 'cli_tools:echo' refused" in err
+    assert "Traceback" not in err
+
+
+def test_validate_with_imports(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "validate", ECHO, WORDS, "--imports", "json")
+    assert code == ExitCode.FAILED
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"{ECHO}:4: tool: import path 'cli_tools:echo' refused: module "
+        "'cli_tools' is not allowed; the allowed imports are json"
+    )
+    assert lines[-1] == "2 files checked, 2 with problems"
+    code, out, _ = run_main(capsys, "validate", ECHO, "--no-imports")
+    assert code == ExitCode.FAILED
+    assert out.endswith("this document may not import anything\n")
+    code, out, _ = run_main(capsys, "validate", ECHO, "--imports", "cli_tools")
+    assert (code, out) == (ExitCode.OK, f"{ECHO}: ok\n")
+
+
+def test_show_with_imports(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "show", ECHO, "--no-imports")
+    assert code == ExitCode.FAILED
+    assert "refused" in err
+
+
+def test_with_imports_the_files_directory_comes_last(tmp_path: Path) -> None:
+    # A module next to an untrusted file cannot stand in for an installed one
+    # (colorsys: a stdlib module that plait does not import itself).
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "colorsys.py").write_text("def hls_to_rgb(*a):\n    return 'shadow'\n")
+    (flows / "here_tools.py").write_text("def twice(x):\n    return 2 * x\n")
+    flow = flows / "color.yaml"
+    flow.write_text('kind: call\ntool: "colorsys:hls_to_rgb"\nargs: [0, 0, 0]\n')
+    proc = plait_process("run", str(flow), "-q", "--imports", "colorsys", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [0, 0, 0]
+    # Without --imports the file is trusted as code: its directory comes first.
+    proc = plait_process("run", str(flow), "-q", cwd=tmp_path)
+    assert json.loads(proc.stdout) == "shadow"
+    # A module next to the file still imports when it is allowed.
+    twice = flows / "twice.yaml"
+    twice.write_text('kind: call\ntool: "here_tools:twice"\nargs: [21]\n')
+    proc = plait_process(
+        "run", str(twice), "-q", "--imports", "here_tools", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == 42
 
 
 # -- the live display ---------------------------------------------------------

@@ -19,7 +19,9 @@ from typing import Any
 
 from .._concurrency._groups import leaves
 from .._model._errors import StepFailed, WorkflowError
+from .._model._imports import Imports
 from .._model._paths import show_path
+from .._model._validate import COUNT, Rule, number
 from .._runtime._run import BACKENDS
 from ._exit import CommandError, ExitCode
 
@@ -119,19 +121,40 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", help="show the traceback of an error"
     )
+    # For the commands that load a file: what the file may import.
+    loading = argparse.ArgumentParser(add_help=False)
+    allowed = loading.add_mutually_exclusive_group()
+    allowed.add_argument(
+        "--imports",
+        action="append",
+        type=_module_name,
+        metavar="PREFIX",
+        help="let the file import only from the module PREFIX and the modules "
+        "under it (repeat for several); for files you do not trust as code. "
+        "By default a file may import any module",
+    )
+    allowed.add_argument(
+        "--no-imports",
+        dest="imports",
+        action="store_const",
+        const=[],
+        help="let the file import nothing (so it can name no tools: the command "
+        "registers none); to check files you do not trust as code",
+    )
     commands = parser.add_subparsers(
         title="commands", dest="command", required=True, metavar="COMMAND"
     )
 
     run = commands.add_parser(
         "run",
-        parents=[common],
+        parents=[common, loading],
         help="run a workflow file and print its output as JSON",
         description=(
             "Run a workflow file and print its output as JSON on stdout. Tools "
             "are named in the file by import path ('module:function'); the "
-            "file's directory is put first on sys.path, so a module next to "
-            "the file imports. Progress and a summary go to stderr."
+            "file's directory is put first on sys.path (last with --imports), "
+            "so a module next to the file imports. Progress and a summary go "
+            "to stderr."
         ),
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate",
-        parents=[common],
+        parents=[common, loading],
         help="check workflow files and list every problem",
         description=(
             "Load each file and list every problem found, as FILE:LINE: PATH: "
@@ -205,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser(
         "show",
-        parents=[common],
+        parents=[common, loading],
         help="print the step tree of a workflow file",
         description="Print the step tree of a workflow file: kinds, names, "
         "tools and options, as indented text or as a Mermaid flowchart.",
@@ -239,24 +262,33 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, parse_value(value)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
+def _parsed(parse: Callable[[str], Any], rule: Rule) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then check it by ``rule``."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not rule.ok(value):
+            raise argparse.ArgumentTypeError(f"expected {rule.expected}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
+_positive_int = _parsed(int, COUNT)
+_positive_float = _parsed(float, number())
+
+
+def _module_name(text: str) -> str:
     try:
-        value = float(text)
+        Imports((text,))
     except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"expected a module name such as 'myapp.tools', got {text!r}"
+        ) from None
+    return text
 
 
 # -- commands -----------------------------------------------------------------
@@ -272,8 +304,8 @@ def _validate(args: argparse.Namespace) -> int:
     invalid = 0
     for file in args.files:
         try:
-            with importable_dir(file):
-                load_file(file)
+            with importable_dir(file, args.imports):
+                load_file(file, args.imports)
         except CommandError as error:
             invalid += 1
             print(f"{file}: {error}")
@@ -293,8 +325,8 @@ def _show(args: argparse.Namespace) -> int:
     from ._files import importable_dir, load_file
     from ._tree import mermaid, text
 
-    with importable_dir(args.file):
-        workflow = load_file(args.file)
+    with importable_dir(args.file, args.imports):
+        workflow = load_file(args.file, args.imports)
     sys.stdout.write(mermaid(workflow) if args.mermaid else text(workflow))
     return ExitCode.OK
 

@@ -118,8 +118,8 @@ def run_command(args: argparse.Namespace) -> int:
     """``plait run FILE``; returns the exit code."""
     file = Path(args.file)
     inputs = read_inputs(args)
-    with importable_dir(file):
-        workflow = load_file(file)
+    with importable_dir(file, args.imports):
+        workflow = load_file(file, args.imports)
         _check_inputs(workflow, inputs)
         return _run(args, file, workflow, inputs)
 

@@ -34,11 +34,18 @@ to its baseline run.
 Target: tasks waiting in a limiter or for a rate-limit token are cancelled
 within ``TARGET_RATIO`` times the baseline on every backend (sleeps and
 backoff are shown for comparison); ``--check`` makes a miss fail the script.
+
+``--steps bare`` (not run by default) adds rows without the engine: the
+bare task group again, its tasks sleeping (``sleep``) or waiting for a slot
+of a paused ``plait.Limiter`` (``limiter``). Set against the engine's rows,
+they tell the limiter's own share of the latency from that of the call
+layers above it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -60,6 +67,8 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 SCENARIOS = ("sleep", "rate-limit", "limiter", "backoff")
 STEPS = ("Parallel", "MapReduce")
+BARE = "bare"  # the optional step without the engine
+BARE_SCENARIOS = ("sleep", "limiter")
 PENDING = 1000
 # Waiters of these scenarios must be cancelled within TARGET_RATIO times
 # the bare task group's time.
@@ -155,9 +164,20 @@ class Case:
         return raised_at - self.failed_at
 
 
-async def baseline(pending: int) -> float:
-    """The same failure in a bare task group of sleeping tasks."""
+async def baseline(pending: int, scenario: str = "sleep") -> float:
+    """The same failure in a bare task group of sleeping tasks.
+
+    With ``scenario="limiter"`` the tasks wait for a slot of a paused
+    :class:`plait.Limiter` instead.
+    """
     failed_at = 0.0
+    wait: Callable[[], Awaitable[None]]
+    if scenario == "limiter":
+        wait = plait.Limiter(0, "paused").acquire
+    elif scenario == "sleep":
+        wait = functools.partial(anyio.sleep, FOREVER)
+    else:
+        raise ValueError(f"no bare scenario {scenario!r}")
 
     async def fail() -> None:
         nonlocal failed_at
@@ -168,7 +188,7 @@ async def baseline(pending: int) -> float:
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(pending):
-                tg.start_soon(anyio.sleep, FOREVER)
+                tg.start_soon(wait)
             await fail()
     except* Boom:
         raised_at = time.perf_counter()
@@ -183,9 +203,12 @@ async def _session(
         for scenario in scenarios:
 
             async def one(scenario: str = scenario, step: str = step) -> float:
+                if step == BARE:
+                    return await baseline(pending, scenario)
                 return await Case(scenario, step, pending).run()
 
-            cases[step, scenario] = one
+            if step != BARE or scenario in BARE_SCENARIOS:
+                cases[step, scenario] = one
     base: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
     timed: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
     for round_ in range(repeat + 1):  # round 0 warms up, untimed
@@ -203,7 +226,8 @@ async def _session(
         # Each run is paired with the baseline run just before it, so that
         # a machine busy for a moment slows both sides of a ratio alike.
         ratio = statistics.median(c / b for c, b in zip(ms, base_ms, strict=True))
-        target = TARGET_RATIO if scenario in TARGETED else None
+        targeted = scenario in TARGETED and step != BARE  # bare rows only explain
+        target = TARGET_RATIO if targeted else None
         results.append(
             {
                 "step": step,
@@ -343,9 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--steps",
-        type=lambda v: _choices(v, STEPS, "step"),
+        type=lambda v: _choices(v, (*STEPS, BARE), "step"),
         default=list(STEPS),
-        help="comma-separated subset of " + ", ".join(STEPS),
+        help="comma-separated subset of " + ", ".join((*STEPS, BARE)),
     )
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument(

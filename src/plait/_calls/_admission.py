@@ -148,10 +148,11 @@ class _Leased(Admission):
         if lease is None or lease.busy or lease.limiter is not self.engine:
             return super().try_enter()
         others = self.others
-        for i, lim in enumerate(others):
-            if not lim.try_acquire():
-                _release_each(others[:i])
-                return None
+        if others:
+            for i, lim in enumerate(others):
+                if not lim.try_acquire():
+                    _release_each(others[:i])
+                    return None
         if not lease.held:
             if not self.engine.try_acquire():
                 _release_each(others)

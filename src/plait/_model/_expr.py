@@ -111,6 +111,8 @@ def is_expression(value: object) -> bool:
 
 
 def _lookup(value: Any, part: str, number: int | None, var: str) -> Any:
+    if type(value) is dict and part in value:  # the common case, without an ABC check
+        return value[part]
     if isinstance(value, Mapping):
         if part in value:
             return value[part]

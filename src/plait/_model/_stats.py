@@ -8,6 +8,7 @@ buckets); percentiles are read from it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 
@@ -39,21 +40,34 @@ def _bucket_middle(k: int) -> float:
 class LatencyHistogram:
     """Counts of latencies in log-spaced buckets (about 1% wide)."""
 
-    __slots__ = ("count", "counts", "total")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * _BUCKETS
-        self.count = 0
         self.total = 0.0
 
-    def add(self, seconds: float) -> None:
-        """Record one latency (seconds)."""
-        self.count += 1
+    @property
+    def count(self) -> int:
+        """How many latencies were recorded."""
+        return sum(self.counts)
+
+    def add(
+        self,
+        seconds: float,
+        _log2: Any = _log2,
+        _per: float = _PER_DOUBLING,
+        _shift: float = _SHIFT,
+        _smallest: float = _SMALLEST,
+    ) -> None:
+        """Record one latency (seconds).
+
+        Runs once per call: the module constants are bound as defaults (fast
+        local reads) and the count is kept only in the buckets.
+        """
         self.total += seconds
-        # _bucket() inlined for the common case: this runs once per call.
-        if seconds > _SMALLEST:
+        if seconds > _smallest:
             try:
-                self.counts[int(_log2(seconds) * _PER_DOUBLING + _SHIFT)] += 1
+                self.counts[int(_log2(seconds) * _per + _shift)] += 1
             except IndexError:  # beyond 2**_LOG_MAX seconds
                 self.counts[-1] += 1
         else:
@@ -65,9 +79,10 @@ class LatencyHistogram:
         The value is the middle of the bucket holding the sample of rank
         ``q / 100 * (count - 1)``, so it is within about 1% of that sample.
         """
-        if not self.count:
+        count = self.count
+        if not count:
             return None
-        rank = q / 100.0 * (self.count - 1)
+        rank = q / 100.0 * (count - 1)
         seen = 0
         for k, n in enumerate(self.counts):
             if n:
@@ -79,7 +94,8 @@ class LatencyHistogram:
     @property
     def mean(self) -> float | None:
         """The mean latency, or None with no data."""
-        return self.total / self.count if self.count else None
+        count = self.count
+        return self.total / count if count else None
 
 
 class ToolCounters:

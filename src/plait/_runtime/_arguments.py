@@ -1,8 +1,10 @@
-"""A call step's arguments: compiled expressions to ``(args, kwargs)``, per shape.
+"""A call step's arguments: compiled expressions to ``(args, kwargs)`` in one call.
 
-The common shapes (one positional argument, one keyword, a few of each)
-get a function of their own, so that evaluating them builds no
-intermediate list.
+This runs once per call, a million times in a big ``MapReduce``, so the
+function is generated for the step's exact shape (as attrs generates an
+``__init__``): ``scope -> ((a0(scope), a1(scope)), {"x": k0(scope)})``, with
+no loop, comprehension or intermediate list. Only generated names and
+``repr``'d keyword names appear in the generated source.
 """
 
 from __future__ import annotations
@@ -23,17 +25,17 @@ def arguments(
     positional: Sequence[Evaluator], keywords: Sequence[tuple[str, Evaluator]]
 ) -> Evaluate:
     """``scope -> (args, kwargs)`` for these compiled argument expressions."""
-    if not keywords:
-        if len(positional) == 1:
-            only = positional[0]
-            return lambda scope: ((only(scope),), _NO_KWARGS)
-        return lambda scope: (tuple([ev(scope) for ev in positional]), _NO_KWARGS)
-    if not positional and len(keywords) == 1:
-        ((name, value),) = keywords
-        return lambda scope: ((), {name: value(scope)})
-    pos = tuple(positional)
-    kws = tuple(keywords)
-    return lambda scope: (
-        tuple([ev(scope) for ev in pos]),
-        {k: ev(scope) for k, ev in kws},
-    )
+    names: dict[str, Any] = {"_NO_KWARGS": _NO_KWARGS}
+    args = []
+    for i, ev in enumerate(positional):
+        names[f"a{i}"] = ev
+        args.append(f"a{i}(scope), ")
+    kwargs = []
+    for i, (key, ev) in enumerate(keywords):
+        names[f"k{i}"] = ev
+        kwargs.append(f"{key!r}: k{i}(scope), ")
+    kw_source = "{" + "".join(kwargs) + "}" if kwargs else "_NO_KWARGS"
+    source = f"def evaluate(scope):\n    return ({''.join(args)}), {kw_source}\n"
+    exec(compile(source, "<plait call arguments>", "exec"), names)
+    evaluate: Evaluate = names["evaluate"]
+    return evaluate

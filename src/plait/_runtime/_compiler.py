@@ -30,9 +30,9 @@ from .._model._events import EventKind
 from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
-from ._arguments import arguments
+from ._arguments import Evaluate, arguments
 from ._failures import to_failure
-from ._mapreduce import NOTHING, Arguments, LeanCall, MapSpec, Node, Scope, run_map
+from ._mapreduce import NOTHING, LeanCall, MapSpec, Node, Scope, run_map
 
 __all__ = ["Compiler", "Node"]
 
@@ -129,12 +129,8 @@ class Compiler:
             self._pipelines[cache_key] = pipeline
         return pipeline
 
-    def _arguments(self, step: Call, template: str, env: frozenset[str]) -> Arguments:
-        """``(scope, loc) -> (args, kwargs)`` for ``step``, raising StepFailed.
-
-        The argument expressions are compiled once; an error evaluating them
-        is the step's failure, at its path.
-        """
+    def _arguments(self, step: Call, template: str, env: frozenset[str]) -> Evaluate:
+        """``scope -> (args, kwargs)`` for ``step``, its expressions compiled once."""
         args_at = child(template, "args")
         arg_evs = [
             self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)
@@ -142,15 +138,7 @@ class Compiler:
         kw_evs = [
             (k, self._expr(v, env, key(args_at, k))) for k, v in step.kwargs.items()
         ]
-        evaluate = arguments(arg_evs, kw_evs)
-
-        def checked(scope: Scope, loc: tuple[int, ...]) -> tuple[Any, Any]:
-            try:
-                return evaluate(scope)
-            except Exception as error:
-                raise StepFailed(fill(template, loc), error) from error
-
-        return checked
+        return arguments(arg_evs, kw_evs)
 
     def _call(self, step: Call, template: str, env: frozenset[str]) -> Node:
         invoker = self._pipeline(step, template).invoke
@@ -159,7 +147,10 @@ class Compiler:
         # A plain function returning the invoker's coroutine, which raises
         # StepFailed itself: a call step adds no coroutine of its own.
         def call(scope: Scope, loc: tuple[int, ...]) -> Awaitable[Any]:
-            args, kwargs = evaluate(scope, loc)
+            try:
+                args, kwargs = evaluate(scope)
+            except Exception as error:
+                raise StepFailed(fill(template, loc), error) from error
             return invoker(args, kwargs, template, loc)
 
         return call

@@ -32,6 +32,7 @@ from .._model._errors import StepFailed
 from .._model._events import EventBus, EventKind
 from .._model._paths import fill
 from .._model._results import Failure
+from ._arguments import Evaluate
 from ._failures import to_failure
 
 __all__ = ["NOTHING", "MapSpec", "Node", "Scope", "run_map"]
@@ -42,9 +43,10 @@ Node = Callable[[Scope, tuple[int, ...]], Awaitable[Any]]
 # How many elements past the next one to fold an ordered reduce may pull,
 # as a multiple of the map's concurrency.
 WINDOW_FACTOR = 2
-# A map worker yields to the event loop at least once per this many elements,
-# even when its tool never does.
+# The workers yield to the event loop at least once per this many elements
+# (at every multiple of it), even when their tool never does. A power of two.
 CHECKPOINT_EVERY = 64
+_CHECKPOINT_MASK = CHECKPOINT_EVERY - 1
 
 _perf = time.perf_counter
 
@@ -76,16 +78,12 @@ class MapSpec:
     lean: LeanCall | None
 
 
-# (scope, element indexes) -> (args, kwargs); raises StepFailed at the call
-Arguments = Callable[[Scope, tuple[int, ...]], tuple[tuple[Any, ...], dict[str, Any]]]
-
-
 class LeanCall(NamedTuple):
     """A map step that is one lean call: the worker awaits the tool itself."""
 
     fn: Callable[..., Awaitable[Any]]
     steps: Steps
-    arguments: Arguments
+    arguments: Evaluate
     template: str
 
 
@@ -238,10 +236,10 @@ class _MapRun:
             if lean is not None:
                 fn, steps, arguments, template = lean
                 enter, done = steps.enter, steps.done
+                own_scope = scope.copy()
             keep = spec.reduce_fn is None
             sync_iter = self.sync_iter
             windowed = self.window != math.inf
-            since_checkpoint = 0
             while not self.exhausted:
                 if sync_iter is None or (
                     windowed and self.pulled >= self.next_fold + self.window
@@ -263,15 +261,20 @@ class _MapRun:
                 if keep:
                     results.append(None)
                 here = (*loc, i) if loc else (i,)
-                item_scope = scope.copy()
-                item_scope[item] = element
                 try:
                     if lean is None:
+                        item_scope = scope.copy()
+                        item_scope[item] = element
                         value = await map_node(item_scope, here)
                     else:
                         # The lean call's own attempt, driven here (see Steps):
-                        # one coroutine frame fewer between task and tool.
-                        args, kwargs = arguments(item_scope, here)
+                        # one coroutine frame fewer between task and tool. Its
+                        # arguments are read at once: the scope can be reused.
+                        own_scope[item] = element
+                        try:
+                            args, kwargs = arguments(own_scope)
+                        except Exception as error:
+                            raise StepFailed(fill(template, here), error) from error
                         release = enter(template, here, 1, lease)
                         if release is None:
                             release = await steps.wait(template, here)
@@ -292,9 +295,7 @@ class _MapRun:
                     results[i] = value
                 else:
                     self._deliver(i, value)
-                since_checkpoint += 1
-                if since_checkpoint >= CHECKPOINT_EVERY:
-                    since_checkpoint = 0
+                if not i & _CHECKPOINT_MASK:
                     lease.drop()
                     await anyio.lowlevel.checkpoint()
 

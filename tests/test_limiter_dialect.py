@@ -79,6 +79,8 @@ def test_totals_accepted_outside_an_event_loop() -> None:
     assert plait.Limiter(3.0).total_tokens == 3
     assert type(plait.Limiter(3.0).total_tokens) is int
     assert plait.Limiter(total=4).total_tokens == 4
+    with pytest.raises(TypeError, match="not both"):
+        plait.Limiter(1, total=2)
     limiter = plait.Limiter(1)
     limiter.total_tokens = 0
     assert limiter.total_tokens == 0

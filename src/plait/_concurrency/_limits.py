@@ -71,7 +71,10 @@ class Limiter:
     first served. :meth:`acquire` is a checkpoint, as anyio's is: it raises
     if the task is already cancelled and, when a slot is free, takes it and
     lets the other tasks run once, so a task that takes and gives back a
-    slot in a loop does not starve its siblings.
+    slot in a loop does not starve its siblings. ``total_tokens`` may change
+    at any time: raising it admits waiters at once; lowering it below the
+    slots held lets nobody in until the holders are under it; ``0`` pauses
+    the limiter.
 
     Where it differs from ``anyio.CapacityLimiter``:
 
@@ -83,8 +86,7 @@ class Limiter:
       do); ``statistics().borrowers`` lists those.
     - ``None`` means no limit (as ``math.inf``), and a whole float such as
       ``3.0`` is taken as ``3``.
-    - Lowering ``total_tokens`` while more slots are held lets nobody in
-      until the holders are under the new total; ``0`` pauses the limiter.
+    - ``statistics().tasks_waiting`` counts blocked threads too.
 
     The names of earlier plait versions remain as aliases: :attr:`total`,
     :attr:`borrowed`, :attr:`waiting` and :meth:`try_acquire` (which returns
@@ -122,9 +124,11 @@ class Limiter:
         total: object = _UNSET,
     ) -> None:
         self.name = name
-        self._total = _check_total(
-            total_tokens if total is _UNSET else total, f"limit for {name!r}"
-        )
+        if total is not _UNSET:
+            if total_tokens is not None:
+                raise TypeError("give Limiter total_tokens or total, not both")
+            total_tokens = total  # type: ignore[assignment]
+        self._total = _check_total(total_tokens, f"limit for {name!r}")
         self._borrowed = 0  # slots held, anonymous ones and borrowers' alike
         self._borrowers: dict[object, None] = {}  # in the order they got in
         self._pending: set[object] = set()  # borrowers queued on our behalf

@@ -698,6 +698,56 @@ async def test_timeout_in_raise_mode_raises_step_failed_from_tool_timeout() -> N
 
 
 @anyio_test
+async def test_every_timeout_names_its_own_agent() -> None:
+    # More agents than the pipelines kept at once, some sharing a name,
+    # blocking and async, retried: each timeout names the agent it cut.
+    # (The ones that hang are async: a hung thread would outlive the test.)
+    agents: list[SyncAgent] = []
+    for i in range(150):
+        kind = AsyncAgent if i % 2 or i % 5 == 0 else SyncAgent
+        name = f"agent-{i % 100}" if i % 3 else f"{{odd}} name {i}"
+        agents.append(kind(name, HANG if i % 5 == 0 else 0.0))
+    retry = plait.Retry(attempts=2, initial_delay=0.0, retry_on=(Boom,))
+    out = await arun_agents_with_timeout(agents, "t", 0.05, retry=retry)
+    for i, agent in enumerate(agents):
+        if i % 5 == 0:
+            error = assert_failure(out[i], f"agents[{i}]", plait.ToolTimeout)
+            assert error.tool == agent.name  # type: ignore[attr-defined]
+        else:
+            assert out[i] == (agent.name, "t")
+
+
+@anyio_test
+async def test_a_timeout_in_raise_mode_names_the_agent() -> None:
+    with pytest.raises(plait.StepFailed) as info:
+        await arun_agents_with_timeout(
+            [AsyncAgent("quick"), AsyncAgent("slow", HANG)],
+            "t",
+            0.05,
+            on_error="raise",
+        )
+    assert info.value.path == "agents[1]"
+    cause = info.value.__cause__
+    assert isinstance(cause, plait.ToolTimeout)
+    assert (cause.tool, cause.timeout) == ("slow", 0.05)
+
+
+@anyio_test
+async def test_an_agents_own_tool_timeout_keeps_its_name() -> None:
+    # A timeout the agent raised itself (from a workflow it ran, say) is
+    # its error as it is, whatever the agent's name.
+    own = plait.ToolTimeout("search", 1.0)
+
+    async def agent(task: Any) -> Any:
+        raise own
+
+    for timeout in (None, 5.0):
+        out = await arun_agents_concurrently([agent], "t", timeout=timeout)
+        assert assert_failure(out[0], "agents[0]", plait.ToolTimeout) is own
+        assert own.tool == "search"
+
+
+@anyio_test
 async def test_a_hung_agent_frees_its_batch_slot_but_keeps_its_thread() -> None:
     release = threading.Event()
     hanger = HangingAgent(release)

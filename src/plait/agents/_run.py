@@ -22,21 +22,19 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from .._calls._compose import compose
-from .._calls._context import RunContext, ToolRuntime
-from .._calls._invoker import Invoker
+from .._calls._context import RunContext
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
-from .._model._errors import ConfigError, StepFailed, ToolTimeout
+from .._model._errors import ConfigError
 from .._model._events import EventBus
 from .._model._paths import index
-from .._model._results import Failure
 from .._model._retry import Retry
-from .._model._tools import Tool, is_async_callable
+from .._model._tools import is_async_callable
 from .._model._validate import check_seconds
 from .._runtime._batch import PreparedCall, run_calls
 from .._runtime._run import run_sync
 from ._adapt import agent_name, entry_point
+from ._pipelines import AgentPipelines
 from ._resources import ResourceMonitor
 
 __all__ = [
@@ -57,7 +55,7 @@ logger = logging.getLogger("plait.agents")
 
 #: Agents in flight (and worker threads) when ``batch_size`` is not given.
 #: Agents mostly wait on the network, so this is sized for I/O, not for the
-#: number of CPUs: 1,000 agents of 10 ms each take about 0.16 s at 64.
+#: number of CPUs.
 DEFAULT_BATCH_SIZE = 64
 
 OnError = Literal["collect", "raise"]
@@ -133,55 +131,34 @@ async def _run_pairs(
         # max_workers until it returns.
         slots_follow_threads=False,
     )
-    # Every agent is checked before any runs. All share two pipelines, one
-    # for blocking agents and one for async ones, each calling the agent it
-    # is given: building a pipeline per agent costs more than a short agent.
+    pipelines = AgentPipelines(run, timeout=seconds, retry=retry)
+    # Every agent is checked before any runs; its pipeline is looked up by
+    # the worker about to run it.
     entries = []
     for i, (agent, task) in enumerate(pairs):
         call = entry_point(agent, index(base, i))
-        entries.append((call, is_async_callable(call), task))
-    invokers: dict[bool, Invoker] = {}
+        entries.append((call, is_async_callable(call), agent_name(agent), task))
 
     def prepare(i: int) -> PreparedCall:
-        call, is_async, task = entries[i]
-        invoker = invokers.get(is_async)
-        if invoker is None:
-            tool = Tool(_call_async if is_async else _call_blocking, _SHARED)
-            invoker = invokers[is_async] = compose(
-                ToolRuntime(tool, None, None), run, timeout=seconds, retry=retry
-            )
+        call, is_async, name, task = entries[i]
+        invoker = pipelines.get(name, is_async)
         return PreparedCall(invoker, (call, task), {}, index(base, i))
-
-    def named(error: BaseException, i: int) -> BaseException:
-        """A shared pipeline's timeout, renamed after the agent that timed out."""
-        if isinstance(error, ToolTimeout) and error.tool == _SHARED:
-            renamed = ToolTimeout(agent_name(pairs[i][0]), error.timeout)
-            renamed.__cause__ = error.__cause__
-            renamed.__traceback__ = error.__traceback__
-            return renamed
-        return error
 
     collect = on_error == "collect"
     try:
-        try:
-            if monitor is None:
-                results = await run_calls(
-                    len(entries), prepare, collect=collect, width=width
-                )
-            else:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(monitor.watch, limiter, width)
-                    results = await run_calls(
-                        len(entries), prepare, collect=collect, width=width
-                    )
-                    tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The monitor's task group wraps the agents' error: unwrap it, so
-            # that a monitored run fails as an unmonitored one does.
-            raise_collapsed(group)
-    except StepFailed as failed:
-        error = named(failed.error, _position(failed.path))
-        raise StepFailed(failed.path, error) from error
+        if monitor is None:
+            return await run_calls(len(entries), prepare, collect=collect, width=width)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(monitor.watch, limiter, width)
+            results = await run_calls(
+                len(entries), prepare, collect=collect, width=width
+            )
+            tg.cancel_scope.cancel()
+        return results
+    except BaseExceptionGroup as group:
+        # The monitor's task group wraps the agents' error: unwrap it, so
+        # that a monitored run fails as an unmonitored one does.
+        raise_collapsed(group)
     finally:
         if run.abandoned_threads:
             logger.warning(
@@ -191,27 +168,6 @@ async def _run_pairs(
                 "to stop them early)",
                 run.abandoned_threads,
             )
-    for i, result in enumerate(results):
-        if isinstance(result, Failure) and isinstance(result.error, ToolTimeout):
-            results[i] = Failure(named(result.error, i), result.path)
-    return results
-
-
-#: The name of the pipelines agents share; timeouts are renamed after the agent.
-_SHARED = "<agent>"
-
-
-def _call_blocking(call: Callable[[Any], Any], task: Any) -> Any:
-    return call(task)
-
-
-async def _call_async(call: Callable[[Any], Awaitable[Any]], task: Any) -> Any:
-    return await call(task)
-
-
-def _position(path: str) -> int:
-    """``i`` of a path ``name[i]``."""
-    return int(path[path.index("[") + 1 : -1])
 
 
 def _blocking(

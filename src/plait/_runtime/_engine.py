@@ -24,7 +24,13 @@ from .._model._results import RunResult
 from .._model._stats import RunStats
 from .._model._steps import Call, Step, Workflow
 from .._model._tools import Tool
-from .._model._validate import check_count, check_seconds
+from .._model._validate import (
+    CALLABLE,
+    check_count,
+    check_seconds,
+    instance_of,
+    one_of,
+)
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
 
@@ -34,8 +40,9 @@ ToolSpec = Tool | Callable[..., Any]
 FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
 
 
-def _check_positive_int(value: object, what: str) -> int:
-    return check_count(value, what)
+_RATE_LIMIT = instance_of(RateLimit).or_none()
+_REGISTRY = instance_of(LimiterRegistry).or_none()
+_ON_ERROR = one_of("raise", "collect")
 
 
 class Engine:
@@ -72,22 +79,11 @@ class Engine:
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
     ) -> None:
-        self._max_concurrency = _check_positive_int(
-            max_concurrency, "Engine.max_concurrency"
-        )
-        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-            raise ConfigError(
-                f"Engine.rate_limit must be a plait.RateLimit or None, got {rate_limit!r}"
-            )
-        if limiters is not None and not isinstance(limiters, LimiterRegistry):
-            raise ConfigError(
-                f"Engine.limiters must be a plait.LimiterRegistry or None, got {limiters!r}"
-            )
-        for mw in middleware:
-            if not callable(mw):
-                raise ConfigError(
-                    f"Engine.middleware items must be callable, got {mw!r}"
-                )
+        self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
+        _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
+        _REGISTRY.check(limiters, "Engine.limiters")
+        for i, mw in enumerate(middleware):
+            CALLABLE.check(mw, f"Engine.middleware[{i}]")
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
@@ -120,7 +116,7 @@ class Engine:
 
     @max_concurrency.setter
     def max_concurrency(self, value: int) -> None:
-        self._max_concurrency = _check_positive_int(value, "Engine.max_concurrency")
+        self._max_concurrency = check_count(value, "Engine.max_concurrency")
         self._limiter.total = value
 
     # -- registration --------------------------------------------------------
@@ -342,10 +338,7 @@ class Engine:
                 raises :class:`plait.StepFailed` with path ``calls[i]``;
                 ``"collect"``: failed calls become :class:`plait.Failure`.
         """
-        if on_error not in ("raise", "collect"):
-            raise ConfigError(
-                f'on_error must be "raise" or "collect", got {on_error!r}'
-            )
+        _ON_ERROR.check(on_error, "Engine.call_tools on_error")
         run = self._new_run()
         prepared: list[PreparedCall] = []
         for i, pair in enumerate(calls):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import statistics
 import threading
@@ -304,6 +305,57 @@ async def test_attempt_timeout_is_retried_by_default() -> None:
     )
 
 
+@pytest.mark.parametrize("agent_id", ["slow", "a{0}[1]", ""])
+async def test_attempt_timeout_names_the_agent(agent_id: str) -> None:
+    loop = AgentLoop(attempt_timeout=0.02, retry=None)
+    result = await loop.run_one(agent_id, anyio.sleep, 10)
+    assert isinstance(result.error, ToolTimeout)
+    assert (result.error.tool, result.error.timeout) == (agent_id, 0.02)
+    assert result.attempts == 1
+
+
+async def test_many_agent_ids_each_get_their_own_name() -> None:
+    # More distinct ids than the loop keeps pipelines for.
+    loop = AgentLoop(max_concurrency=50, attempt_timeout=0.05, retry=None)
+
+    async def fn(i: int) -> int:
+        if i % 7 == 0:
+            await anyio.sleep(10)
+        return i
+
+    tasks: list[Any] = [(f"agent-{i}", fn, (i,)) for i in range(600)]
+    results = await loop.run_all(tasks)
+    for i, result in enumerate(results):
+        if i % 7 == 0:
+            assert isinstance(result.error, ToolTimeout)
+            assert result.error.tool == f"agent-{i}"
+        else:
+            assert (result.success, result.output) == (True, i)
+    assert loop.in_flight == 0
+
+
+async def test_retry_and_attempt_timeout_can_change_later() -> None:
+    loop = AgentLoop(retry=None)
+    assert (await loop.run_one("a", flaky([OSError()]))).attempts == 1
+    loop.retry = FAST
+    result = await loop.run_one("a", flaky([OSError()]))
+    assert (result.success, result.attempts) == (True, 2)
+
+    loop.retry = None
+    loop.attempt_timeout = 0.02
+    result = await loop.run_one("a", anyio.sleep, 10)
+    assert isinstance(result.error, ToolTimeout)
+    assert result.error.timeout == 0.02
+    loop.attempt_timeout = None
+    assert (await loop.run_one("a", anyio.sleep, 0.03)).success
+
+    with pytest.raises(PlaitError, match=r"AgentLoop\.retry must be a plait\.Retry"):
+        loop.retry = 3  # type: ignore[assignment]
+    with pytest.raises(PlaitError, match=r"AgentLoop\.attempt_timeout must be"):
+        loop.attempt_timeout = -1
+    assert (loop.retry, loop.attempt_timeout) == (None, None)
+
+
 async def test_timeout_starts_with_the_first_attempt_not_the_wait_for_a_slot() -> None:
     # The second waits ~0.18 s for the slot, then runs 0.14 s: past the
     # timeout in all, within it from its first attempt on.
@@ -562,13 +614,33 @@ async def test_as_completed_hands_over_the_first_result_at_once() -> None:
             await results.__anext__()
 
 
-async def test_as_completed_plain_async_for_reads_them_all() -> None:
+ENTER_FIRST = r"async with loop\.as_completed\(tasks\) as results"
+
+
+async def test_as_completed_must_be_entered_before_it_is_iterated() -> None:
+    # No task group could own invocations running while a plain `async for`
+    # body runs: the error says what to write instead, and nothing starts.
     loop = AgentLoop()
-    seen = [
-        r.agent_id async for r in loop.as_completed(delayed_tasks([0.1, 0.01, 0.05]))
-    ]
-    assert seen == ["a1", "a2", "a0"]
+    calls: list[str] = []
+
+    async def fn(name: str) -> str:
+        calls.append(name)
+        return name
+
+    results = loop.as_completed([("a", fn, ("a",)), ("b", fn, ("b",))])
+    with pytest.raises(RuntimeError, match=ENTER_FIRST):
+        [r async for r in results]
+    with pytest.raises(RuntimeError, match=ENTER_FIRST):
+        await results.__anext__()
+    with pytest.raises(RuntimeError, match=ENTER_FIRST):
+        [r async for r in loop.as_completed([])]
+    await anyio.sleep(0.01)
+    assert calls == []
     assert loop.in_flight == 0
+
+    async with results:  # still usable the right way
+        assert sorted([r.output async for r in results]) == ["a", "b"]
+    assert sorted(calls) == ["a", "b"]
 
 
 async def test_leaving_async_with_early_cancels_the_rest() -> None:
@@ -585,61 +657,6 @@ async def test_leaving_async_with_early_cancels_the_rest() -> None:
     assert sorted(cancelled) == ["a0", "a1"]
     assert loop.in_flight == 0
     assert [r async for r in results] == []  # closed
-
-
-async def test_plain_async_for_streams_results_as_they_finish() -> None:
-    loop = AgentLoop()
-    tasks = [("slow", sleeper(0.5), ("slow",)), ("quick", sleeper(0.01), ("quick",))]
-    began = anyio.current_time()
-    arrived = []
-    async for result in loop.as_completed(tasks):
-        arrived.append((result.agent_id, anyio.current_time() - began))
-    assert [name for name, _ in arrived] == ["quick", "slow"]
-    assert arrived[0][1] < 0.4  # handed over before the slow one finished
-    assert loop.in_flight == 0
-
-
-async def test_plain_async_for_with_break_cancels_the_rest() -> None:
-    # The invocations run in a runner owned by the iterator; dropping the
-    # iterator on `break` cancels them, and the caller's scopes stay intact.
-    loop = AgentLoop()
-    cancelled: list[str] = []
-    with anyio.fail_after(3):
-        async for result in loop.as_completed(delayed_tasks([10, 0.01], cancelled)):
-            assert result.agent_id == "a1"
-            break
-        for _ in range(100):
-            if not loop.in_flight:
-                break
-            await anyio.sleep(0.01)
-        assert loop.in_flight == 0
-    assert cancelled == ["a0"]
-
-
-async def test_plain_async_for_aclose_waits_for_the_rest() -> None:
-    loop = AgentLoop()
-    cancelled: list[str] = []
-    results = loop.as_completed(delayed_tasks([10, 0.01], cancelled))
-    async for _ in results:
-        break
-    await results.aclose()
-    assert cancelled == ["a0"]
-    assert loop.in_flight == 0
-
-
-async def test_cancelling_a_plain_async_for_cancels_the_rest() -> None:
-    loop = AgentLoop()
-    cancelled: list[str] = []
-    with anyio.move_on_after(0.05) as scope:
-        async for _ in loop.as_completed(delayed_tasks([10, 10], cancelled)):
-            pytest.fail("nothing finishes")
-    assert scope.cancelled_caught
-    for _ in range(100):
-        if len(cancelled) == 2:
-            break
-        await anyio.sleep(0.01)
-    assert sorted(cancelled) == ["a0", "a1"]
-    assert loop.in_flight == 0
 
 
 async def test_an_error_in_the_block_propagates_as_is() -> None:
@@ -670,25 +687,36 @@ async def test_as_completed_is_cancelled_from_outside() -> None:
     assert loop.in_flight == 0
 
 
+async def test_as_completed_invocations_are_children_of_the_callers_task() -> None:
+    loop = AgentLoop()
+    parents: list[int | None] = []
+
+    async def fn() -> int:
+        parents.append(anyio.get_current_task().parent_id)
+        return 1
+
+    async with loop.as_completed([("a", fn), ("b", fn)]) as results:
+        assert [r.output async for r in results] == [1, 1]
+    me = anyio.get_current_task().id
+    assert parents == [me, me]
+
+
 async def test_as_completed_misuse() -> None:
     loop = AgentLoop()
     results = loop.as_completed(delayed_tasks([0.01]))
     async with results:
-        with pytest.raises(RuntimeError, match="entered once"):
+        with pytest.raises(RuntimeError, match="entered only once"):
             async with results:
                 pass
         await results.aclose()  # cancels, and ends the iteration
         assert [r async for r in results] == []
-
-    ran = loop.as_completed(delayed_tasks([0.01]))
-    assert [r.agent_id async for r in ran] == ["a0"]
-    with pytest.raises(RuntimeError, match="entered once"):
-        async with ran:
+    with pytest.raises(RuntimeError, match="entered only once"):
+        async with results:
             pass
+    assert [r async for r in results] == []  # closed: nothing more
 
     async with loop.as_completed([]) as empty:
         assert [r async for r in empty] == []
-    assert [r async for r in loop.as_completed([])] == []
 
 
 # -- streams ---------------------------------------------------------------------------
@@ -880,6 +908,10 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
+# The histogram's buckets are about 1.1% wide; a percentile is a bucket's middle.
+WITHIN = 0.006
+
+
 async def test_latency_stats_for_known_latencies(fake_clock: list[float]) -> None:
     async def takes(ms: float, fail: bool = False) -> None:
         fake_clock[0] += ms / 1000.0
@@ -890,26 +922,28 @@ async def test_latency_stats_for_known_latencies(fake_clock: list[float]) -> Non
     assert loop.latency_stats() == {
         "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "count": 0,
     }  # fmt: skip
-    known = [40.0, 10.0, 1000.0, 30.0, 20.0]
+    known = [float(ms) for ms in range(1, 101)]
+    random.Random(3).shuffle(known)
     for ms in known:
         await loop.run_one("a", takes, ms)
     await loop.run_one("failed", takes, 500.0, True)
 
     stats = loop.latency_stats()
     assert set(stats) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "count"}
-    assert stats["count"] == 5
-    assert stats["p50_ms"] == pytest.approx(30.0)
-    assert stats["p95_ms"] == pytest.approx(808.0)  # 40 + 0.8 * (1000 - 40)
-    assert stats["p99_ms"] == pytest.approx(961.6)
-    assert stats["mean_ms"] == pytest.approx(220.0)
-    cuts = statistics.quantiles(known, n=100, method="inclusive")
-    assert [stats["p50_ms"], stats["p95_ms"], stats["p99_ms"]] == pytest.approx(
-        [cuts[49], cuts[94], cuts[98]]
-    )
+    assert stats["count"] == 100
+    # The latency at rank q / 100 * (count - 1), rounded down, within ~1%.
+    assert stats["p50_ms"] == pytest.approx(50.0, rel=WITHIN)
+    assert stats["p95_ms"] == pytest.approx(95.0, rel=WITHIN)
+    assert stats["p99_ms"] == pytest.approx(99.0, rel=WITHIN)
+    assert stats["mean_ms"] == pytest.approx(50.5)  # exact
+    ordered = sorted(known)
+    for q in (50, 95, 99):
+        assert stats[f"p{q}_ms"] == pytest.approx(percentile(ordered, q), rel=0.011)
 
     total = loop.latency_stats("total")  # failures count here
-    assert total["count"] == 6
-    assert total["mean_ms"] == pytest.approx((sum(known) + 500.0) / 6)
+    assert total["count"] == 101
+    assert total["mean_ms"] == pytest.approx((sum(known) + 500.0) / 101)
+    assert total["p99_ms"] == pytest.approx(100.0, rel=WITHIN)
     with pytest.raises(ConfigError, match='which must be "attempt" or "total"'):
         loop.latency_stats("p50")  # type: ignore[arg-type]
 
@@ -933,8 +967,24 @@ async def test_total_latency_includes_retries(fake_clock: list[float]) -> None:
     assert result.attempts == 2
     assert result.latency_ms == pytest.approx(10.0)
     assert result.total_ms == pytest.approx(20.0)
-    assert loop.latency_stats()["p50_ms"] == pytest.approx(10.0)
-    assert loop.latency_stats("total")["p50_ms"] == pytest.approx(20.0)
+    assert loop.latency_stats()["p50_ms"] == pytest.approx(10.0, rel=WITHIN)
+    assert loop.latency_stats("total")["p50_ms"] == pytest.approx(20.0, rel=WITHIN)
+
+
+async def test_a_failed_attempt_has_its_own_latency(fake_clock: list[float]) -> None:
+    durations = iter([0.030, 0.010])
+
+    async def fn() -> None:
+        fake_clock[0] += next(durations)
+        raise OSError("down")
+
+    loop = AgentLoop(retry=Retry(attempts=2, initial_delay=0, jitter=False))
+    result = await loop.run_one("a", fn)
+    assert (result.success, result.attempts) == (False, 2)
+    assert result.latency_ms == pytest.approx(10.0)  # the last attempt's
+    assert result.total_ms == pytest.approx(40.0)
+    assert loop.latency_stats()["count"] == 0  # no successful attempt
+    assert loop.latency_stats("total")["count"] == 1
 
 
 async def test_collect_metrics_false_records_nothing() -> None:
@@ -1017,12 +1067,28 @@ def test_exported_from_plait_agents() -> None:
     assert issubclass(ToolTimeout, TimeoutError)
 
 
-async def test_latency_stats_keep_only_the_latest_max_samples() -> None:
-    loop = AgentLoop(max_samples=3)
-    for i in range(5):
-        assert (await loop.run_one(f"a{i}", echo, i)).success
-    assert loop.latency_stats()["count"] == 3
-    assert loop.latency_stats("total")["count"] == 3
+@pytest.mark.parametrize("max_samples", [1, 2, 3, 4, 7])
+async def test_latency_stats_cover_the_latest_max_samples(
+    fake_clock: list[float], max_samples: int
+) -> None:
+    async def takes(ms: float) -> None:
+        fake_clock[0] += ms / 1000.0
+
+    loop = AgentLoop(max_samples=max_samples)
+    recorded: list[float] = []
+    for ms in range(1, 4 * max_samples + 3):
+        await loop.run_one("a", takes, float(ms))
+        recorded.append(float(ms))
+        stats = loop.latency_stats()
+        # At most the latest max_samples, at least the latest half of them.
+        assert (
+            min(len(recorded), math.ceil(max_samples / 2))
+            <= stats["count"]
+            <= min(len(recorded), max_samples)
+        )
+        latest = recorded[-int(stats["count"]) :]
+        assert stats["mean_ms"] == pytest.approx(statistics.fmean(latest))
+        assert loop.latency_stats("total") == stats
     loop.reset_metrics()
     assert loop.latency_stats()["count"] == 0
 

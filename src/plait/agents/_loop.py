@@ -1,7 +1,9 @@
 """AgentLoop: bounded, retried, timed agent invocations with latency statistics.
 
 The loop is for code that already runs in an event loop (any backend) and
-calls agents one by one, in batches, as they complete, or as streams:
+calls agents one by one, in batches, as they complete, or as streams. Every
+invocation goes through plait's call pipeline, the one workflow calls take,
+under the loop's own limit and threads:
 
 * at most ``max_concurrency`` attempts run at once; the slot is taken per
   attempt and given back while a retry backs off;
@@ -11,47 +13,55 @@ calls agents one by one, in batches, as they complete, or as streams:
 * ``attempts`` in a result is the real number of tries;
 * blocking callables run on worker threads, and a thread that outlives its
   timeout keeps its slot until it returns.
+
+What the result tells of the attempts (how many, when the first started,
+how long the last took) the loop learns from the pipeline's events, on an
+event bus of its own, each invocation under a path of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import itertools
 import math
-import threading
 import time
-from collections import deque
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
 
 import anyio
 import attrs
-import sniffio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._calls._retry import next_delay
-from .._concurrency._bridge import run_in_thread
+from .._calls._context import RunContext
 from .._concurrency._limits import Limiter
 from .._concurrency._wakeup import running_async_library
 from .._model._errors import ConfigError, ToolTimeout
+from .._model._events import Event, EventBus, EventKind
 from .._model._paths import index
 from .._model._retry import Retry
+from .._model._stats import LatencyHistogram
 from .._model._tools import is_async_callable
-from .._model._validate import check_seconds, count, fail, optional_number
+from .._model._validate import (
+    BOOL,
+    COUNT,
+    check_seconds,
+    count,
+    instance_of,
+    optional_number,
+)
 from ._adapt import entry_point
+from ._pipelines import AgentPipelines
 
-__all__ = ["AgentLoop", "InvocationResult", "percentile"]
+__all__ = ["AgentLoop", "AsCompleted", "InvocationResult", "percentile"]
 
 _perf = time.perf_counter
 Task = tuple[Any, ...]
+
+_STARTED = EventKind.CALL_STARTED
+#: The events of an attempt that failed, retried or not. One that returns
+#: ends when the invocation does: no event is needed (nor built) for it.
+_FAILED = (EventKind.CALL_RETRIED, EventKind.CALL_FAILED)
 
 
 @attrs.frozen
@@ -84,8 +94,10 @@ class InvocationResult:
 def percentile(ordered: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100) of sorted ``ordered``, interpolated.
 
-    Linear interpolation between the two nearest ranks (the usual
-    definition, numpy's default): the median of ``[1, 2, 3, 4]`` is 2.5.
+    A helper for latencies you keep yourself: linear interpolation between
+    the two nearest ranks (the usual definition, numpy's default), so the
+    median of ``[1, 2, 3, 4]`` is 2.5. :meth:`AgentLoop.latency_stats` does
+    not keep every latency; it reads the engine's bounded histogram.
     """
     if not ordered:
         raise ValueError("percentile of no data")
@@ -97,33 +109,107 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _stats(samples: Iterable[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    if not ordered:
-        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "count": 0}
-    return {
-        "p50_ms": percentile(ordered, 50),
-        "p95_ms": percentile(ordered, 95),
-        "p99_ms": percentile(ordered, 99),
-        "mean_ms": math.fsum(ordered) / len(ordered),
-        "count": len(ordered),
-    }
+class _Recent:
+    """Latency statistics of the latest latencies, in bounded memory.
+
+    Two of the engine's :class:`LatencyHistogram` take every latency, each
+    started afresh once it holds ``size`` of them, half a cycle apart; the
+    fuller one is read. So the statistics cover at most the latest ``size``
+    latencies and, once that many were recorded, at least the latest half.
+    """
+
+    __slots__ = ("_older", "_size", "_younger")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._older = LatencyHistogram()
+        self._younger = LatencyHistogram()
+
+    def add(self, seconds: float) -> None:
+        older = self._older
+        if older.count == self._size:
+            older = self._older = LatencyHistogram()
+        older.add(seconds)
+        if older.count == self._size // 2 + 1:
+            self._younger = LatencyHistogram()
+        self._younger.add(seconds)
+
+    def stats(self) -> dict[str, float]:
+        hist = max(self._older, self._younger, key=lambda h: h.count)
+        if not hist.count:
+            return {
+                "p50_ms": 0.0,
+                "p95_ms": 0.0,
+                "p99_ms": 0.0,
+                "mean_ms": 0.0,
+                "count": 0,
+            }
+        return {
+            "p50_ms": _ms(hist.percentile(50)),
+            "p95_ms": _ms(hist.percentile(95)),
+            "p99_ms": _ms(hist.percentile(99)),
+            "mean_ms": _ms(hist.mean),
+            "count": hist.count,
+        }
 
 
-def _check_retry(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not isinstance(value, Retry):
-        fail(inst, attr.name, "a plait.Retry or None", value)
+def _ms(seconds: float | None) -> float:
+    assert seconds is not None  # the histogram is not empty
+    return seconds * 1000.0
 
 
-def _check_max_concurrency(inst: Any, attr: object, value: Any) -> None:
-    # The field is private behind a property: name the public one.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        fail(inst, "max_concurrency", "an int >= 1", value)
+class _Invocation:
+    """What the pipeline's events told of one invocation so far."""
+
+    __slots__ = ("attempts", "began", "ended", "first", "running", "scope", "timeout")
+
+    def __init__(self, scope: anyio.CancelScope, timeout: float | None) -> None:
+        self.scope = scope
+        self.timeout = timeout
+        self.attempts = 0
+        self.first = self.began = self.ended = 0.0
+        self.running = False
+
+    def attempt_started(self, number: int) -> None:
+        self.began = now = _perf()
+        self.attempts = number
+        self.running = True
+        if number == 1:
+            self.first = now
+            if self.timeout is not None:
+                # The invocation's time starts with its first attempt, not
+                # with its wait for a slot.
+                self.scope.deadline = anyio.current_time() + self.timeout
+
+    def attempt_failed(self) -> None:
+        self.ended = _perf()
+        self.running = False
+
+    def latency(self, now: float) -> float:
+        """Seconds of the last attempt; one that returned or was cut short ends now."""
+        if not self.attempts:
+            return 0.0
+        return (now if self.running else self.ended) - self.began
 
 
-def _check_bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        fail(inst, attr.name, "True or False", value)
+_RETRY = instance_of(Retry).or_none()
+_ATTEMPT_TIMEOUT = optional_number()
+
+
+def _new_retry(inst: AgentLoop, attr: attrs.Attribute[Any], value: Any) -> Any:
+    """A new retry policy: the pipelines are built again."""
+    _RETRY(inst, attr, value)
+    inst._pipelines = inst._pipelines_with(value, inst.attempt_timeout)
+    return value
+
+
+def _new_attempt_timeout(
+    inst: AgentLoop, attr: attrs.Attribute[Any], value: Any
+) -> Any:
+    """A new attempt timeout: the pipelines are built again."""
+    _ATTEMPT_TIMEOUT(inst, attr, value)
+    inst._pipelines = inst._pipelines_with(inst.retry, value)
+    return value
 
 
 @attrs.define(eq=False, repr=False)
@@ -140,49 +226,80 @@ class AgentLoop:
         attempt_timeout: seconds per attempt (raising
             :class:`plait.ToolTimeout`, which the default retry retries), or
             None.
-        max_samples: how many of the latest latencies
-            :meth:`latency_stats` keeps (of each kind), so that a loop that
-            lives as long as its service has bounded memory.
+        max_samples: how many of the latest latencies (of each kind)
+            :meth:`latency_stats` covers at most.
 
     Works on asyncio, uvloop and Trio; one loop may be shared by tasks of
     several event loops and threads.
     """
 
     _max_concurrency: int = attrs.field(
-        default=10, validator=_check_max_concurrency, alias="max_concurrency"
+        default=10, validator=COUNT, alias="max_concurrency"
     )
     timeout: float | None = attrs.field(default=300.0, validator=optional_number())
-    retry: Retry | None = attrs.field(factory=Retry, validator=_check_retry)
-    collect_metrics: bool = attrs.field(default=True, validator=_check_bool)
+    retry: Retry | None = attrs.field(
+        factory=Retry, validator=_RETRY, on_setattr=_new_retry
+    )
+    collect_metrics: bool = attrs.field(default=True, validator=BOOL)
     attempt_timeout: float | None = attrs.field(
-        default=None, kw_only=True, validator=optional_number()
+        default=None,
+        kw_only=True,
+        validator=_ATTEMPT_TIMEOUT,
+        on_setattr=_new_attempt_timeout,
     )
     max_samples: int = attrs.field(
-        default=100_000, kw_only=True, validator=count(minimum=1)
+        default=100_000,
+        kw_only=True,
+        validator=count(minimum=1),
     )
     _limiter: Limiter = attrs.field(init=False)
-    # Threads are bounded by the loop's own slots: each attempt holds one.
-    _threads: Limiter = attrs.field(
-        init=False, factory=lambda: Limiter(None, "AgentLoop threads")
-    )
-    _attempt_ms: deque[float] = attrs.field(init=False)
-    _total_ms: deque[float] = attrs.field(init=False)
-    abandoned_threads: int = attrs.field(init=False, default=0)
-
-    @_attempt_ms.default
-    def _make_attempt_ms(self) -> deque[float]:
-        return deque(maxlen=self.max_samples)
-
-    @_total_ms.default
-    def _make_total_ms(self) -> deque[float]:
-        return deque(maxlen=self.max_samples)
+    _run: RunContext = attrs.field(init=False)
+    _pipelines: AgentPipelines = attrs.field(init=False)
+    # Invocations running now, by the path their pipeline's events carry.
+    _live: dict[str, _Invocation] = attrs.field(init=False, factory=dict)
+    _paths: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    _attempt_ms: _Recent = attrs.field(init=False)
+    _total_ms: _Recent = attrs.field(init=False)
 
     @_limiter.default
     def _make_limiter(self) -> Limiter:
         # Defaults are built before validators run: check first, so that the
         # error names the field rather than the limiter.
-        _check_max_concurrency(self, None, self._max_concurrency)
+        COUNT.check_field(self, "max_concurrency", self._max_concurrency)
         return Limiter(self._max_concurrency, "AgentLoop")
+
+    @_run.default
+    def _make_run(self) -> RunContext:
+        events = EventBus()
+        events.subscribe(self._follow, kinds=(_STARTED, *_FAILED))
+        return RunContext(
+            events=events,
+            engine_limiter=self._limiter,
+            engine_bucket=None,
+            middleware=(),
+            # Threads are bounded by the loop's slots: each attempt holds one,
+            # and a blocking attempt past its timeout keeps it until its
+            # thread returns.
+            thread_limiter=Limiter(None, "AgentLoop threads"),
+            slots_follow_threads=True,
+        )
+
+    @_pipelines.default
+    def _make_pipelines(self) -> AgentPipelines:
+        return self._pipelines_with(self.retry, self.attempt_timeout)
+
+    def _pipelines_with(
+        self, retry: Retry | None, attempt_timeout: float | None
+    ) -> AgentPipelines:
+        return AgentPipelines(self._run, timeout=attempt_timeout, retry=retry)
+
+    @_attempt_ms.default
+    def _make_attempt_ms(self) -> _Recent:
+        return _Recent(self.max_samples)
+
+    @_total_ms.default
+    def _make_total_ms(self) -> _Recent:
+        return _Recent(self.max_samples)
 
     def __repr__(self) -> str:
         return (
@@ -198,7 +315,7 @@ class AgentLoop:
 
     @max_concurrency.setter
     def max_concurrency(self, value: int) -> None:
-        _check_max_concurrency(self, None, value)
+        COUNT.check_field(self, "max_concurrency", value)
         self._limiter.total = value
         self._max_concurrency = value
 
@@ -206,6 +323,11 @@ class AgentLoop:
     def in_flight(self) -> int:
         """Attempts running now (slots held, by threads that timed out too)."""
         return self._limiter.borrowed
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Blocking attempts whose thread still ran when the loop stopped waiting."""
+        return self._run.abandoned_threads
 
     # -- one invocation ------------------------------------------------------
     async def run_one(
@@ -217,99 +339,51 @@ class AgentLoop:
         ``run`` method is called). Sync ones run on a worker thread. Errors
         do not propagate: they are in the result. Cancellation does.
         """
-        call = entry_point(fn, f"fn of {agent_id!r}")
-        is_async = is_async_callable(call)
-        limiter = self._limiter
-        started = first = _perf()
-        attempts = 0
-        error: BaseException | None = None
-        attempt_ms = 0.0
+        entry = entry_point(fn, f"fn of {agent_id!r}")
+        invoke = self._pipelines.get(agent_id, is_async_callable(entry))
+        path = str(next(self._paths))
         output: Any = None
-        success = False
-        # Whether the timeout, if it expires, cuts an attempt (not a backoff).
-        in_attempt = False
+        error: BaseException | None = None
+        started = _perf()
         with anyio.CancelScope() as scope:
-            while True:
-                await limiter.acquire()
-                if attempts == 0:
-                    first = _perf()
-                    if self.timeout is not None:
-                        scope.deadline = anyio.current_time() + self.timeout
-                attempts += 1
-                began = _perf()
-                in_attempt = True
-                try:
-                    output = await self._attempt(call, is_async, args, kwargs, agent_id)
-                except Exception as exc:
-                    in_attempt = False
-                    attempt_ms = (_perf() - began) * 1000.0
-                    error = exc
-                    delay = (
-                        None
-                        if self.retry is None
-                        else next_delay(self.retry, attempts, exc)
-                    )
-                    if delay is None:
-                        break
-                    await anyio.sleep(delay)
-                    continue
-                attempt_ms = (_perf() - began) * 1000.0
-                success = True
-                error = None
-                break
+            invocation = self._live[path] = _Invocation(scope, self.timeout)
+            try:
+                output = await invoke((entry, *args), kwargs, path, ())
+            except Exception as exc:
+                error = exc
+            finally:
+                del self._live[path]
         if scope.cancelled_caught:
-            assert self.timeout is not None  # nothing else cancels this scope
-            success = False
-            output = None
-            if in_attempt:
-                attempt_ms = (_perf() - began) * 1000.0
-            error = ToolTimeout(agent_id, self.timeout)
-        total_ms = (_perf() - (first if attempts else started)) * 1000.0
+            # Only the invocation's timeout cancels this scope.
+            assert invocation.timeout is not None
+            error = ToolTimeout(agent_id, invocation.timeout)
+        now = _perf()
+        latency = invocation.latency(now)
+        total = now - (invocation.first if invocation.attempts else started)
         if self.collect_metrics:
-            if success:
-                self._attempt_ms.append(attempt_ms)
-            self._total_ms.append(total_ms)
+            if error is None:
+                self._attempt_ms.add(latency)
+            self._total_ms.add(total)
         return InvocationResult(
-            agent_id, success, output, error, attempt_ms, attempts, total_ms
+            agent_id,
+            error is None,
+            output if error is None else None,
+            error,
+            latency * 1000.0,
+            invocation.attempts,
+            total * 1000.0,
         )
 
-    async def _attempt(
-        self,
-        call: Callable[..., Any],
-        is_async: bool,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        agent_id: str,
-    ) -> Any:
-        """One attempt, holding the slot already taken; gives it back."""
-        limiter = self._limiter
-        deadline = (
-            math.inf
-            if self.attempt_timeout is None
-            else anyio.current_time() + self.attempt_timeout
-        )
-        with anyio.CancelScope(deadline=deadline) as scope:
-            if is_async:
-                try:
-                    result = await call(*args, **kwargs)
-                finally:
-                    limiter.release()
-            else:
-                result = await run_in_thread(
-                    call,
-                    args,
-                    kwargs,
-                    limiter.release,
-                    self._threads,
-                    self._abandoned,
-                )
-        if scope.cancelled_caught:
-            assert self.attempt_timeout is not None
-            raise ToolTimeout(agent_id, self.attempt_timeout)
-        return result
-
-    def _abandoned(self) -> None:
-        self.abandoned_threads += 1
+    def _follow(self, event: Event) -> None:
+        """Note the start of an attempt, or its failure, in its invocation."""
+        invocation = self._live.get(event.path)
+        if invocation is None:
+            return
+        if event.kind is _STARTED:
+            assert event.attempt is not None
+            invocation.attempt_started(event.attempt)
+        else:
+            invocation.attempt_failed()
 
     # -- many invocations ----------------------------------------------------
     @staticmethod
@@ -356,11 +430,11 @@ class AgentLoop:
     def as_completed(self, tasks: Iterable[Task]) -> AsCompleted:
         """Run the tasks at once; their results in the order they finish.
 
-        ``async with loop.as_completed(tasks) as results: async for result
-        in results:`` gets each result as soon as it finishes, and leaving
-        the block early cancels the invocations still running. A plain
-        ``async for result in loop.as_completed(tasks)`` gets them in the
-        same order once all have finished (see :class:`AsCompleted`).
+        Use it as ``async with loop.as_completed(tasks) as results: async for
+        result in results: ...``: the invocations start when the block is
+        entered, belong to a task group of the caller's task, and leaving
+        the block early cancels the ones still running. The tasks are
+        checked at once, before anything runs.
         """
         return AsCompleted(self, self._check_tasks(tasks))
 
@@ -421,9 +495,9 @@ class AgentLoop:
                 # between chunks, and may close this generator from any task.
                 yield chunk
             if self.collect_metrics:
-                ms = (_perf() - started) * 1000.0
-                self._attempt_ms.append(ms)
-                self._total_ms.append(ms)
+                seconds = _perf() - started
+                self._attempt_ms.add(seconds)
+                self._total_ms.add(seconds)
         finally:
             # The slot first: nothing below may keep it held.
             limiter.release()
@@ -446,50 +520,43 @@ class AgentLoop:
                 invocation, failed ones included, from its first attempt to
                 its result.
 
-        Percentiles interpolate linearly between ranks, over the latest
-        ``max_samples`` latencies; all zero when nothing was recorded.
+        The latencies go into the same log-scale histogram as the engine's
+        per-tool statistics, so memory stays bounded however long the loop
+        lives: a percentile is within about 1% of the recorded latency at
+        rank ``q / 100 * (count - 1)`` (rounded down), and ``mean_ms`` is
+        exact. They cover at most the latest ``max_samples`` latencies (and
+        at least the latest half of that once that many were recorded).
+        All zero when nothing was recorded.
         """
         if which == "attempt":
-            return _stats(self._attempt_ms)
+            return self._attempt_ms.stats()
         if which == "total":
-            return _stats(self._total_ms)
+            return self._total_ms.stats()
         raise ConfigError(f'which must be "attempt" or "total", got {which!r}')
 
     def reset_metrics(self) -> None:
         """Forget every recorded latency."""
-        self._attempt_ms.clear()
-        self._total_ms.clear()
+        self._attempt_ms = _Recent(self.max_samples)
+        self._total_ms = _Recent(self.max_samples)
 
 
 class AsCompleted:
     """The results of :meth:`AgentLoop.as_completed`, in the order they finish.
 
-    Both forms hand over each result as soon as it finishes:
+    ``async with loop.as_completed(tasks) as results: async for r in
+    results: ...`` hands over each result as soon as it finishes. The
+    invocations start when the block is entered and belong to a task group
+    of the caller's task; leaving the block (after a ``break``, say, or on
+    an error or a cancellation) cancels the ones still running and waits
+    for them to end.
 
-    * ``async with loop.as_completed(tasks) as results: async for r in
-      results: ...``: the invocations belong to a task group of the
-      caller's own task. Leaving the block, after a ``break`` say, cancels
-      the ones still running and waits for them to end.
-    * a plain ``async for r in loop.as_completed(tasks)``: nothing in the
-      caller's task could own invocations that run while the loop body
-      runs (a task group held open across a ``yield`` corrupts the
-      caller's cancel scopes when the loop is left early), so they run in
-      a task group of a runner task of their own, which this object
-      owns. Leaving the loop early drops the object, which cancels the
-      runner at once; ``aclose()`` also waits for it to end. Cancelling
-      the caller while it waits for a result cancels the runner too.
+    Iterating it without ``async with`` raises :class:`RuntimeError`:
+    nothing could own invocations that go on running while the loop body
+    runs (a task group held open across a ``yield`` corrupts the caller's
+    cancel scopes when the loop is left early).
     """
 
-    __slots__ = (
-        "_left",
-        "_loop",
-        "_receive",
-        "_runner",
-        "_send",
-        "_state",
-        "_tasks",
-        "_tg",
-    )
+    __slots__ = ("_left", "_loop", "_receive", "_send", "_state", "_tasks", "_tg")
 
     def __init__(
         self,
@@ -499,28 +566,29 @@ class AsCompleted:
         self._loop = loop
         self._tasks = tasks
         self._left = len(tasks)
-        # "new", then "open" (inside async with) or "streaming" (plain
-        # async for), then "closed".
+        # "new", then "open" (inside async with), then "closed".
         self._state = "new"
         self._tg: TaskGroup | None = None
         self._send: MemoryObjectSendStream[InvocationResult] | None = None
         self._receive: MemoryObjectReceiveStream[InvocationResult] | None = None
-        self._runner: _Runner | None = None
-
-    def _start_all(self, tg: TaskGroup, put: Callable[[InvocationResult], Any]) -> None:
-        _start_all(self._loop, self._tasks, tg, put)
 
     async def __aenter__(self) -> AsCompleted:
         if self._state != "new":
-            raise RuntimeError(
-                "as_completed() results can be entered once, before iterating them"
-            )
+            raise RuntimeError("as_completed() results can be entered only once")
         send, receive = anyio.create_memory_object_stream[InvocationResult](math.inf)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg, self._send, self._receive = tg, send, receive
         self._state = "open"
-        self._start_all(tg, send.send_nowait)
+        run_one = self._loop.run_one
+
+        async def one(
+            agent_id: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> None:
+            send.send_nowait(await run_one(agent_id, fn, *args, **kwargs))
+
+        for agent_id, fn, args, kwargs in self._tasks:
+            tg.start_soon(one, agent_id, fn, args, kwargs)
         return self
 
     async def __aexit__(
@@ -530,11 +598,10 @@ class AsCompleted:
         tb: TracebackType | None,
     ) -> bool | None:
         tg = self._tg
+        self._state = "closed"
         if tg is None:
-            self._state = "closed"
             return None
         self._tg = None
-        self._state = "closed"
         tg.cancel_scope.cancel()
         try:
             # The invocations never raise; an error of the block's own must
@@ -551,140 +618,28 @@ class AsCompleted:
 
     async def aclose(self) -> None:
         """Cancel the invocations still running and wait for them to end."""
-        if self._runner is not None:
-            self._state = "closed"
-            await self._runner.stop()
-            return
         await self.__aexit__(None, None, None)
 
-    def __del__(self) -> None:
-        # Dropped mid-iteration (a `break` out of a plain `async for`).
-        if self._runner is not None:
-            self._runner.cancel()
-
     def __aiter__(self) -> AsCompleted:
+        if self._state == "new":
+            raise _not_entered()
         return self
 
     async def __anext__(self) -> InvocationResult:
         if self._state == "new":
-            # A plain `async for`: the invocations get a runner of their own.
-            self._runner = _Runner(self._loop, self._tasks)
-            self._receive = self._runner.receive
-            self._state = "streaming"
-        if self._state not in ("open", "streaming") or self._left == 0:
-            self._finish()
+            raise _not_entered()
+        if self._state != "open" or self._left == 0:
             raise StopAsyncIteration
         assert self._receive is not None
-        try:
-            result = await self._receive.receive()
-        except anyio.EndOfStream:
-            # The runner ended early: only a BaseException from an
-            # invocation (KeyboardInterrupt, say) does that.
-            self._finish()
-            if self._runner is not None and self._runner.error is not None:
-                raise self._runner.error from None
-            raise StopAsyncIteration from None
-        except BaseException:
-            self._finish()
-            raise
+        result = await self._receive.receive()
         self._left -= 1
         return result
 
-    def _finish(self) -> None:
-        """The plain form is over: stop the runner (it may still be needed)."""
-        if self._state == "streaming":
-            self._state = "closed"
-            assert self._runner is not None
-            self._runner.cancel()
 
-
-class _Runner:
-    """Runs :class:`AsCompleted`'s invocations in a task that no task group owns.
-
-    Its lifetime is the iteration's: the :class:`AsCompleted` cancels it
-    when the iteration ends, is cancelled or is dropped. It holds no
-    reference to the :class:`AsCompleted`, so dropping that object is
-    enough to stop it.
-    """
-
-    __slots__ = ("_finished", "_scope", "_task", "_thread", "error", "receive")
-
-    def __init__(
-        self,
-        loop: AgentLoop,
-        tasks: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]],
-    ) -> None:
-        send, self.receive = anyio.create_memory_object_stream[InvocationResult](
-            math.inf
-        )
-        self._scope = scope = anyio.CancelScope()
-        self._finished = finished = anyio.Event()
-        self._thread = threading.get_ident()
-        self.error: BaseException | None = None
-
-        async def run() -> None:
-            try:
-                with scope:
-                    async with anyio.create_task_group() as tg:
-                        _start_all(loop, tasks, tg, send.send_nowait)
-            except BaseException as exc:  # handed to the iterating task
-                self.error = _first_leaf(exc)
-            finally:
-                send.close()
-                finished.set()
-
-        self._task = _spawn(run)
-
-    def cancel(self) -> None:
-        """Cancel the invocations still running; returns at once."""
-        self.receive.close()
-        if threading.get_ident() != self._thread:
-            return  # collected on another thread: it runs to its end
-        with contextlib.suppress(RuntimeError):  # its loop is gone, and the task
-            self._scope.cancel()
-
-    async def stop(self) -> None:
-        """Cancel the invocations still running and wait for them to end."""
-        self.cancel()
-        await self._finished.wait()
-
-
-def _start_all(
-    loop: AgentLoop,
-    tasks: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]],
-    tg: TaskGroup,
-    put: Callable[[InvocationResult], Any],
-) -> None:
-    """Start every invocation in ``tg``; each result goes to ``put``."""
-    run_one = loop.run_one
-
-    async def one(
-        agent_id: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        put(await run_one(agent_id, fn, *args, **kwargs))
-
-    for agent_id, fn, args, kwargs in tasks:
-        tg.start_soon(one, agent_id, fn, args, kwargs)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _spawn(fn: Callable[[], Awaitable[None]]) -> object:
-    """Start ``fn()`` as a task of the running loop that no task group owns.
-
-    Only for a runner whose lifetime an object manages itself; it runs in a
-    copy of the caller's context variables.
-    """
-    context = contextvars.copy_context()
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.lowlevel.spawn_system_task(fn, context=context)
-    import asyncio
-
-    # The loop keeps only a weak reference to its tasks: the caller keeps it.
-    return asyncio.get_running_loop().create_task(fn(), context=context)  # type: ignore[arg-type]
+def _not_entered() -> RuntimeError:
+    return RuntimeError(
+        "AgentLoop.as_completed() must be entered before it is iterated, so "
+        "that a task group of your task owns the invocations: write "
+        "`async with loop.as_completed(tasks) as results: async for result "
+        "in results: ...`"
+    )

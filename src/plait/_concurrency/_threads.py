@@ -5,10 +5,9 @@ Sync tools and blocking agents run here rather than through
 blocking calls finishing at once. Each anyio call wakes its event loop on
 its own (a self-pipe write and a loop turn per call); here a finished call
 posts to its loop's inbox, and one loop callback wakes every task whose call
-finished meanwhile. 1,000 blocking 10 ms calls at width 100 take about
-0.12 s this way on every backend (as fast as a bare
-``ThreadPoolExecutor``), against 0.14-0.21 s through ``anyio.to_thread``
-(``benchmarks/agents.py``).
+finished meanwhile, so that many short blocking calls cost about what a
+bare ``ThreadPoolExecutor`` costs (``benchmarks/agents.py`` measures it;
+the numbers are in docs/benchmarks.md).
 
 The threads are daemon threads, kept for a while when idle and shared by
 every event loop of the process, so a tool that hangs forever can never keep

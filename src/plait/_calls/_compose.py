@@ -34,6 +34,8 @@ from ._retry import with_retry
 
 __all__ = ["Lean", "Pipeline", "compose", "compose_pipeline"]
 
+_ONCE = Retry(attempts=1)
+
 
 @attrs.frozen(eq=False)
 class Lean:
@@ -56,19 +58,9 @@ class Pipeline:
     lean: Lean | None
 
 
-def compose(
-    rt: ToolRuntime,
-    run: RunContext,
-    *,
-    timeout: float | None,
-    retry: Retry | None,
-    step_errors: bool = False,
-    name: str | None = None,
-) -> Invoker:
-    """The invoker of :func:`compose_pipeline`."""
-    return compose_pipeline(
-        rt, run, timeout=timeout, retry=retry, step_errors=step_errors, name=name
-    ).invoke
+def compose(rt: ToolRuntime, run: RunContext, **options: Any) -> Invoker:
+    """The invoker of :func:`compose_pipeline` (same arguments)."""
+    return compose_pipeline(rt, run, **options).invoke
 
 
 def compose_pipeline(
@@ -100,8 +92,8 @@ def compose_pipeline(
         attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
     if retry is not None:
         return Pipeline(with_retry(attempt, retry, report, finish), None)
-    if layered:
-        return Pipeline(_whole_call(attempt, report, finish), None)
+    if layered:  # middleware alone: one attempt, counted and finished as a call
+        return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
     lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
     return Pipeline(attempt, lean)
 
@@ -155,23 +147,3 @@ def _finisher(report: CallReport, step_errors: bool) -> OnFailure:
             raise StepFailed(fill(template, loc), error) from error
 
     return failed
-
-
-def _whole_call(attempt: Attempt, report: CallReport, finish: OnFailure) -> Invoker:
-    """Count the call and finish its failure, around a wrapped attempt."""
-    counters = report.counters
-
-    async def invoke(
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        template: str,
-        loc: tuple[int, ...],
-    ) -> Any:
-        counters.calls += 1
-        try:
-            return await attempt(args, kwargs, template, loc, 1)
-        except Exception as error:
-            finish(template, loc, 1, error)
-            raise
-
-    return invoke

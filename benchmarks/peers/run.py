@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", metavar="PATH", help="write the tables here")
     parser.add_argument("--chart", metavar="PATH", help="write the bar chart here")
     parser.add_argument("--docs", action="store_true", help="update docs/ in place")
+    parser.add_argument(
+        "--merge", metavar="PATH", help="an earlier --json: keep its other rows"
+    )
     args = parser.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     jobs = [j for j in args.jobs.split(",") if j]
@@ -241,9 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     rows: list[dict[str, Any]] = []
     versions: dict[str, dict[str, str]] = {}
+    if args.merge:  # keep an earlier run's rows, except those run again now
+        earlier = json.loads(Path(args.merge).read_text())
+        rows = [
+            r
+            for r in earlier["rows"]
+            if not (r["system"] in systems and r["job"] in jobs)
+        ]
+        versions = earlier["versions"]
     for system in systems:
         found, versions[system] = run_system(system, jobs, args)
         rows += found
+    order = {s: n for n, s in enumerate(SYSTEMS)}
+    rows.sort(key=lambda r: order[r["system"]])
     report.add_ratios(rows)
     text = section(rows, versions, sizes, args.repeat)
     print(text)

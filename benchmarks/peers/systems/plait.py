@@ -67,20 +67,34 @@ def rate(n: int, limit: int, log: StartLog, backend: str) -> int:
 
 
 def failfast(siblings: Siblings, seconds: float, backend: str) -> None:
-    """A MapReduce (on_error="raise", the default) whose last element fails."""
+    """``await engine.run`` of a MapReduce (raise mode) whose last item fails.
+
+    The error is caught inside the event loop, as the floor catches its own.
+    """
 
     async def work(*, x: int) -> int:
         if x == siblings.pending:
             return await failing(siblings, anyio.sleep)
         return await sibling(siblings, seconds, anyio.sleep)
 
-    tool = plait.tool(work, name="call")
+    width = siblings.pending + 1  # the engine's own bound (100) is lifted too
     step = plait.MapReduce(
-        plait.Var("xs"),
-        plait.Call("call", x=plait.Var("item")),
-        max_concurrency=siblings.pending + 1,
+        plait.Var("xs"), plait.Call("call", x=plait.Var("item")), max_concurrency=width
     )
-    plait.run(step, {"xs": range(siblings.pending + 1)}, tools=[tool], backend=backend)
+
+    async def main() -> None:
+        engine = plait.Engine(
+            tools=[plait.tool(work, name="call")], max_concurrency=width
+        )
+        try:
+            await engine.run(step, {"xs": range(width)})
+        except Exception as error:
+            siblings.caught(error)
+
+    if backend == "uvloop":
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main, backend=backend)
 
 
 def memory(items: Iterable[int], width: int | None, backend: str) -> int:

@@ -99,6 +99,8 @@ class _MapRun:
         start: Any,
     ) -> None:
         self.spec = spec
+        self.ordered = spec.ordered
+        self.reduce_fn: Callable[[Any, Any], Any] = spec.reduce_fn  # type: ignore[assignment]
         self.scope = scope
         self.loc = loc
         self.source = source
@@ -306,40 +308,47 @@ class _MapRun:
         return failure
 
     def _deliver(self, i: int, value: Any) -> None:
-        if not self.spec.ordered:
+        """Fold element ``i``'s value now, or keep it until its turn comes."""
+        if not self.ordered:
             self._fold(value)
-            return
-        if i != self.next_fold:
+        elif i != self.next_fold:
             self.pending[i] = value
-            return
-        self._fold(value)
-        nxt = i + 1
-        pending = self.pending
-        while nxt in pending:
-            self._fold(pending.pop(nxt))
-            nxt += 1
-        self.next_fold = nxt
-        if self.window_open is not None:
-            self.window_open.set()
-            self.window_open = None
+        else:
+            fold = self._fold
+            fold(value)
+            i += 1
+            pending = self.pending
+            if pending:
+                while i in pending:
+                    fold(pending.pop(i))
+                    i += 1
+            self.next_fold = i
+            if self.window_open is not None:
+                self.window_open.set()
+                self.window_open = None
 
     def _fold(self, value: Any) -> None:
         if isinstance(value, Failure) or self.fold_failed:
             return
-        if self.acc is NOTHING:
+        acc = self.acc
+        if acc is NOTHING:
             self.acc = value
             return
         try:
-            self.acc = self.spec.reduce_fn(self.acc, value)  # type: ignore[misc]
+            self.acc = self.reduce_fn(acc, value)
         except Exception as error:
-            path = fill(self.spec.reduce_template, self.loc)
-            if not self.spec.collect:
-                self.fold_failed = True
-                raise StepFailed(path, error) from error
-            self.spec.failures.append(Failure(error, path))
-            self.spec.events.emit_new(
-                EventKind.STEP_FAILED, path, step="MapReduce", error=error
-            )
+            self._fold_failed(error)
+
+    def _fold_failed(self, error: Exception) -> None:
+        """The reduce raised: the step fails, or the failure is kept."""
+        path = fill(self.spec.reduce_template, self.loc)
+        if not self.spec.collect:
+            self.fold_failed = True
+            raise StepFailed(path, error) from error
+        self.spec.failures.append(Failure(error, path))
+        self.spec.events.emit_new(
+            EventKind.STEP_FAILED, path, step="MapReduce", error=error
+        )
 
 
 async def run_map(

@@ -573,6 +573,70 @@ def test_one_key_shared_by_several_event_loops_and_threads(limit: int) -> None:
     assert reg.limiter("shared").waiting == 0
 
 
+@pytest.mark.parametrize("limit", [1, 2])
+def test_waiters_cancelled_on_every_loop_while_threads_release(limit: int) -> None:
+    # Timeouts on three loops race with grants from the loops' own tasks and
+    # from plain threads: cancelled waiters are skipped or give their slot
+    # back, and no slot is lost or handed out twice.
+    lim = plait.Limiter(limit, "shared")
+    peak = Peak()
+    errors: list[BaseException] = []
+    rounds = 40
+
+    async def task(i: int) -> None:
+        for j in range(rounds):
+            with anyio.move_on_after(0.0005 * ((i + j) % 4)):
+                async with lim:
+                    peak.enter()
+                    try:
+                        await anyio.sleep(0.0005)
+                    finally:
+                        peak.exit()
+
+    async def loop_main() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(task, i)
+
+    def loop_thread(backend: str, options: dict[str, Any]) -> None:
+        try:
+            anyio.run(loop_main, backend=backend, backend_options=options)
+        except BaseException as error:  # reported by the assertions below
+            errors.append(error)
+
+    def plain_thread() -> None:
+        try:
+            for _ in range(rounds):
+                lim.acquire_blocking()
+                peak.enter()
+                time.sleep(0.0005)
+                peak.exit()
+                lim.release()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=loop_thread, args=("asyncio", {})),
+        threading.Thread(target=loop_thread, args=("asyncio", {"use_uvloop": True})),
+        threading.Thread(target=loop_thread, args=("trio", {})),
+        threading.Thread(target=plain_thread),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "deadlock between loops"
+    assert not errors
+    assert peak.peak <= limit
+    assert peak.entered >= rounds  # the plain thread's, at least
+    assert lim.borrowed_tokens == 0
+    assert lim.statistics().tasks_waiting == 0
+    # Every slot is really free.
+    for _ in range(limit):
+        assert lim.try_acquire()
+    assert not lim.try_acquire()
+
+
 # -- limits in the engine ----------------------------------------------------------
 
 

@@ -70,6 +70,10 @@ TOOLS = ("inc", "mul", "inc_lim", "mul_lim")  # mul*: sync, on worker threads
 TIMEOUT = 0.25  # per-call timeout; plain calls pause 3 ms at most
 ENGINE_LIMITS = (1, 2, 3, 8)
 HANG = 5.0  # how long a hanging call would take if its timeout never fired
+# A step timeout the reference expects never to fire. Hanging calls each
+# hold their tool's slot until their own timeout: a case with dozens of them
+# behind a tool limit of 2 legitimately takes several seconds.
+STEP_TIMEOUT = 60.0
 # Retries a failing call once; the plan fails every attempt alike, so a
 # failing call must run exactly twice. Hangs (ToolTimeout) are not retried.
 RETRY = plait.Retry(
@@ -157,7 +161,7 @@ def steps(
         )
     )
     label = name if name is not None else draw(st.sampled_from([None, None, "lbl"]))
-    step_timeout = draw(st.sampled_from([None, None, None, None, 10.0]))
+    step_timeout = draw(st.sampled_from([None, None, None, None, STEP_TIMEOUT]))
     if kind == "call":
         tool = draw(st.sampled_from(TOOLS))
         if item is not None and draw(st.booleans()):

@@ -115,7 +115,9 @@ def _attempt(
     limiters, buckets = _limits(rt, run)
     if tool.is_async:
         call = async_call(tool.fn)
-        lease = run.engine_limiter
+        # Middleware runs before the call takes its slots and may wait for
+        # anything: a kept slot must not wait with it.
+        lease = None if run.middleware else run.engine_limiter
         task_releases = True
     else:
 

@@ -268,3 +268,28 @@ async def test_a_retried_call_keeps_its_slot_free_while_backing_off() -> None:
     )
     assert time.perf_counter() - started >= 0.05
     assert holding == [1]  # only watch itself holds a slot during the backoff
+
+
+async def test_middleware_that_waits_never_waits_on_a_kept_slot() -> None:
+    # A middleware runs before its call takes any slot; a worker keeping its
+    # engine slot while its middleware waits for another limit would
+    # deadlock with a call holding that limit and waiting for the slot.
+    registry = plait.LimiterRegistry()
+    registry.set_limit("k", 1)
+
+    async def one_at_a_time(call: plait.ToolCall, call_next: plait.Next) -> Any:
+        async with registry.limit("k"):
+            return await call_next(call)
+
+    @plait.tool
+    async def work(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    engine = plait.Engine(tools=[work], max_concurrency=1, middleware=[one_at_a_time])
+    with anyio.fail_after(PROMPT):
+        out = await engine.run(
+            MapReduce(Var("xs"), Call("work", Var("item")), max_concurrency=4),
+            {"xs": list(range(20))},
+        )
+    assert out == list(range(20))

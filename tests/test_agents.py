@@ -1034,12 +1034,12 @@ BAD_INPUT = [
     bad(
         "on_error unknown",
         lambda ok: arun_agents_concurrently([ok], "t", on_error="ignore"),
-        r"""^on_error must be "collect" or "raise", got 'ignore'$""",
+        r"""^on_error must be 'collect' or 'raise', got 'ignore'$""",
     ),
     bad(
         "on_error of pairs",
         lambda ok: arun_agents_with_different_tasks([(ok, 1)], on_error=None),
-        r"""^on_error must be "collect" or "raise", got None$""",
+        r"""^on_error must be 'collect' or 'raise', got None$""",
     ),
     bad(
         "monitor not a monitor",

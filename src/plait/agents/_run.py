@@ -30,7 +30,7 @@ from .._model._events import EventBus
 from .._model._paths import index
 from .._model._retry import Retry
 from .._model._tools import is_async_callable
-from .._model._validate import check_seconds
+from .._model._validate import check_seconds, instance_of, one_of
 from .._runtime._batch import PreparedCall, run_calls
 from .._runtime._run import run_sync
 from ._adapt import agent_name, entry_point
@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("plait.agents")
+
+_RETRY = instance_of(Retry).or_none()
+_ON_ERROR = one_of("collect", "raise")
 
 #: Agents in flight (and worker threads) when ``batch_size`` is not given.
 #: Agents mostly wait on the network, so this is sized for I/O, not for the
@@ -107,31 +110,12 @@ async def _run_pairs(
     Failure paths are ``<base>[i]``. With a ``monitor``, a task beside the
     agents changes the number allowed in flight as resources allow.
     """
-    width = _width(batch_size, "batch_size")
-    threads = _width(max_workers, "max_workers")
-    if width is None:
-        width = threads or DEFAULT_BATCH_SIZE
-    if threads is None:
-        threads = width
+    width, threads = _widths(batch_size, max_workers)
     seconds = check_seconds(timeout, "timeout")
-    if retry is not None and not isinstance(retry, Retry):
-        raise ConfigError(f"retry must be a plait.Retry or None, got {retry!r}")
-    if on_error not in ("collect", "raise"):
-        raise ConfigError(f'on_error must be "collect" or "raise", got {on_error!r}')
-
-    limiter = Limiter(width, "agents in flight")
-    run = RunContext(
-        events=EventBus(),
-        engine_limiter=limiter,
-        engine_bucket=None,
-        middleware=(),
-        thread_limiter=Limiter(threads, "agent threads"),
-        # A blocking agent past its timeout frees its place in the batch at
-        # once; its thread, which cannot be killed, stays counted against
-        # max_workers until it returns.
-        slots_follow_threads=False,
-    )
-    pipelines = AgentPipelines(run, timeout=seconds, retry=retry)
+    _RETRY.check(retry, "retry")
+    _ON_ERROR.check(on_error, "on_error")
+    run = _agents_run(width, threads)
+    pipelines = AgentPipelines(run, timeout=seconds, retry=retry)  # type: ignore[arg-type]
     # Every agent is checked before any runs; its pipeline is looked up by
     # the worker about to run it.
     entries = []
@@ -144,30 +128,69 @@ async def _run_pairs(
         invoker = pipelines.get(name, is_async)
         return PreparedCall(invoker, (call, task), {}, index(base, i))
 
-    collect = on_error == "collect"
+    batch = functools.partial(
+        run_calls, len(entries), prepare, collect=on_error == "collect", width=width
+    )
     try:
         if monitor is None:
-            return await run_calls(len(entries), prepare, collect=collect, width=width)
+            return await batch()
+        return await _monitored(batch, monitor, run.engine_limiter, width)
+    finally:
+        _warn_of_abandoned_threads(run)
+
+
+def _widths(batch_size: object, max_workers: object) -> tuple[int, int]:
+    """Agents in flight and threads: each defaults to the other, else 64."""
+    width = _width(batch_size, "batch_size")
+    threads = _width(max_workers, "max_workers")
+    if width is None:
+        width = threads or DEFAULT_BATCH_SIZE
+    return width, width if threads is None else threads
+
+
+def _agents_run(width: int, threads: int) -> RunContext:
+    """The limits and state the agents of one call share."""
+    return RunContext(
+        events=EventBus(),
+        engine_limiter=Limiter(width, "agents in flight"),
+        engine_bucket=None,
+        middleware=(),
+        thread_limiter=Limiter(threads, "agent threads"),
+        # A blocking agent past its timeout frees its place in the batch at
+        # once; its thread, which cannot be killed, stays counted against
+        # max_workers until it returns.
+        slots_follow_threads=False,
+    )
+
+
+async def _monitored(
+    batch: Callable[[], Awaitable[list[Any]]],
+    monitor: ResourceMonitor,
+    limiter: Limiter,
+    width: int,
+) -> list[Any]:
+    """Run ``batch`` with ``monitor`` changing ``limiter`` beside it."""
+    try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(monitor.watch, limiter, width)
-            results = await run_calls(
-                len(entries), prepare, collect=collect, width=width
-            )
+            results = await batch()
             tg.cancel_scope.cancel()
         return results
     except BaseExceptionGroup as group:
         # The monitor's task group wraps the agents' error: unwrap it, so
         # that a monitored run fails as an unmonitored one does.
         raise_collapsed(group)
-    finally:
-        if run.abandoned_threads:
-            logger.warning(
-                "%d blocking agent(s) timed out or were cancelled while their "
-                "threads still ran; each thread counts against max_workers "
-                "until it returns (call plait.check_cancelled() in long agents "
-                "to stop them early)",
-                run.abandoned_threads,
-            )
+
+
+def _warn_of_abandoned_threads(run: RunContext) -> None:
+    if run.abandoned_threads:
+        logger.warning(
+            "%d blocking agent(s) timed out or were cancelled while their "
+            "threads still ran; each thread counts against max_workers "
+            "until it returns (call plait.check_cancelled() in long agents "
+            "to stop them early)",
+            run.abandoned_threads,
+        )
 
 
 def _blocking(

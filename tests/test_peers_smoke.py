@@ -55,7 +55,8 @@ def test_plait_and_floor_end_to_end(run: ModuleType, tmp_path: Path) -> None:
             assert len(r["samples"]) == 1
             assert r["vs_floor"] is not None
     plait_rows = [r for r in rows if r["system"] == "plait"]
-    assert all(r["vs_plait"] == pytest.approx(1.0) for r in plait_rows)
+    # A median of 0 (no RSS growth at smoke sizes) has no ratio.
+    assert all(r["vs_plait"] == pytest.approx(1.0) for r in plait_rows if r["median"])
     assert {r["setting"] for r in plait_rows if r["job"] == "blocking"} == {
         "defaults",
         "width 8",

@@ -122,9 +122,14 @@ class Admission:
         return self._release
 
     async def enter(self, on_wait: OnWait) -> Release:
-        """Wait for everything, holding nothing while waiting for a token."""
+        """Wait for every slot, in order, holding no kept slot meanwhile."""
         drop_idle_lease()
-        await _take_slots(self.limiters)
+        limiters = self.limiters
+        if len(limiters) == 1:
+            # One frame fewer for each waiter a task group cancels.
+            await limiters[0].acquire()
+        else:
+            await _take_slots(limiters)
         return self._release
 
 
@@ -171,11 +176,16 @@ class _Leased(Admission):
 
     async def enter(self, on_wait: OnWait) -> Release:
         lease = _lease.get()
-        if lease is None or lease.busy or lease.limiter is not self.engine:
-            return await super().enter(on_wait)
-        if self.others:
+        if (
+            lease is None
+            or lease.busy
+            or lease.limiter is not self.engine
             # Waiting for a tool's slot holds no engine slot meanwhile.
-            return await super().enter(on_wait)
+            or self.others
+        ):
+            drop_idle_lease()
+            await _take_slots(self.limiters)
+            return self._release
         await self.engine.acquire()
         lease.held = lease.busy = True
         return lease.give_back

@@ -27,12 +27,6 @@ _SMALLEST = 2.0**_LOG_MIN
 _log2 = math.log2
 
 
-def _bucket(seconds: float) -> int:
-    if seconds <= _SMALLEST:
-        return 0
-    return min(_BUCKETS - 1, int(_log2(seconds) * _PER_DOUBLING + _SHIFT))
-
-
 def _bucket_middle(k: int) -> float:
     return math.pow(2.0, (k + 0.5 - _SHIFT) / _PER_DOUBLING)
 
@@ -40,16 +34,12 @@ def _bucket_middle(k: int) -> float:
 class LatencyHistogram:
     """Counts of latencies in log-spaced buckets (about 1% wide)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("count", "counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * _BUCKETS
+        self.count = 0
         self.total = 0.0
-
-    @property
-    def count(self) -> int:
-        """How many latencies were recorded."""
-        return sum(self.counts)
 
     def add(
         self,
@@ -62,8 +52,9 @@ class LatencyHistogram:
         """Record one latency (seconds).
 
         Runs once per call: the module constants are bound as defaults (fast
-        local reads) and the count is kept only in the buckets.
+        local reads).
         """
+        self.count += 1
         self.total += seconds
         if seconds > _smallest:
             try:
@@ -79,10 +70,9 @@ class LatencyHistogram:
         The value is the middle of the bucket holding the sample of rank
         ``q / 100 * (count - 1)``, so it is within about 1% of that sample.
         """
-        count = self.count
-        if not count:
+        if not self.count:
             return None
-        rank = q / 100.0 * (count - 1)
+        rank = q / 100.0 * (self.count - 1)
         seen = 0
         for k, n in enumerate(self.counts):
             if n:
@@ -94,8 +84,7 @@ class LatencyHistogram:
     @property
     def mean(self) -> float | None:
         """The mean latency, or None with no data."""
-        count = self.count
-        return self.total / count if count else None
+        return self.total / self.count if self.count else None
 
 
 class ToolCounters:

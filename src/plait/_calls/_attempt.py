@@ -27,9 +27,10 @@ __all__ = ["Attempt", "Call", "OnFailure", "Steps", "build_attempt"]
 
 _perf = time.perf_counter
 
-# (args, kwargs, release, where) -> the awaitable that runs the tool
+# (args, kwargs, release, template, loc, number) -> the awaitable running the tool
 Call = Callable[
-    [tuple[Any, ...], dict[str, Any], Release, tuple[Any, ...]], Awaitable[Any]
+    [tuple[Any, ...], dict[str, Any], Release, str, tuple[int, ...], int],
+    Awaitable[Any],
 ]
 OnFailure = Callable[[str, tuple[int, ...], int, Exception], None]
 
@@ -53,7 +54,9 @@ def async_call(fn: Callable[..., Awaitable[Any]]) -> Call:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         release: Release,
-        where: tuple[Any, ...],
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
     ) -> Awaitable[Any]:
         return fn(*args, **kwargs)
 
@@ -77,7 +80,9 @@ def thread_call(
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         release: Release,
-        where: tuple[Any, ...],
+        template: str,
+        loc: tuple[int, ...],
+        number: int,
     ) -> Awaitable[Any]:
         return run_in_thread(
             fn,
@@ -86,7 +91,7 @@ def thread_call(
             release if thread_releases else _nothing,
             threads,
             on_abandon,
-            where,
+            (template, loc, number),
         )
 
     return call
@@ -218,7 +223,7 @@ def build_attempt(
                 release = await wait(template, loc, number, admission)
             started = _perf()
             try:
-                work = call(args, kwargs, release, (template, loc, number))
+                work = call(args, kwargs, release, template, loc, number)
                 if timeout is not None:
                     work = _within(work, timeout, steps.report, template, loc, number)
                 result = await work

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .._concurrency._bucket import TokenBucket
+from .._concurrency._limits import Limiter
 from .._model._errors import StepFailed
 from .._model._events import EventKind
 from .._model._paths import fill
@@ -86,9 +88,14 @@ def compose_pipeline(
     report = CallReport(label, run.counters_for(label), run.events)
     finish = _finisher(report, step_errors)
     layered = retry is not None or bool(run.middleware)
-    attempt, steps = _attempt(rt, run, report, timeout, None if layered else finish)
+    limiters, buckets = _limits(rt, run)
+    steps = Steps(
+        admission(limiters, buckets, lease=_lease(rt, run)),
+        report,
+        None if layered else finish,
+    )
+    attempt = _attempt(rt, run, steps, timeout)
     if run.middleware:
-        limiters, buckets = _limits(rt, run)
         attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
     if retry is not None:
         return Pipeline(with_retry(attempt, retry, report, finish), None)
@@ -98,28 +105,37 @@ def compose_pipeline(
     return Pipeline(attempt, lean)
 
 
-def _limits(rt: ToolRuntime, run: RunContext) -> tuple[Any, Any]:
+def _limits(
+    rt: ToolRuntime, run: RunContext
+) -> tuple[tuple[Limiter, ...], tuple[TokenBucket, ...]]:
+    """The limiters and buckets a call of ``rt.tool`` is under, the engine's last."""
     limiters = tuple(x for x in (rt.limiter, run.engine_limiter) if x is not None)
     buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
     return limiters, buckets
 
 
+def _lease(rt: ToolRuntime, run: RunContext) -> Limiter | None:
+    """The engine limiter, when the call may run on a slot its task keeps.
+
+    Only an async tool, whose slots its task gives back; and not under
+    middleware, which runs before the call takes its slots and may wait for
+    anything: a kept slot must not wait with it.
+    """
+    if rt.tool.is_async and not run.middleware:
+        return run.engine_limiter
+    return None
+
+
 def _attempt(
-    rt: ToolRuntime,
-    run: RunContext,
-    report: CallReport,
-    timeout: float | None,
-    on_failure: OnFailure | None,
-) -> tuple[Attempt, Steps]:
+    rt: ToolRuntime, run: RunContext, steps: Steps, timeout: float | None
+) -> Attempt:
+    """The attempt of ``rt.tool``: awaited in the task, or on a worker thread."""
     tool = rt.tool
-    limiters, buckets = _limits(rt, run)
     if tool.is_async:
         call = async_call(tool.fn)
-        # Middleware runs before the call takes its slots and may wait for
-        # anything: a kept slot must not wait with it.
-        lease = None if run.middleware else run.engine_limiter
         task_releases = True
     else:
+        report = steps.report
 
         def on_abandon(template: str, loc: tuple[int, ...], number: int) -> None:
             run.abandoned_threads += 1
@@ -131,11 +147,8 @@ def _attempt(
             on_abandon,
             thread_releases=run.slots_follow_threads,
         )
-        lease = None
         task_releases = not run.slots_follow_threads
-    steps = Steps(admission(limiters, buckets, lease=lease), report, on_failure)
-    attempt = build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
-    return attempt, steps
+    return build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
 
 
 def _finisher(report: CallReport, step_errors: bool) -> OnFailure:

@@ -58,6 +58,7 @@ class Compiler:
         self.functions = functions
         self.max_concurrency = max_concurrency
         self._pipelines: dict[tuple[int, float | None, Any], Pipeline] = {}
+        self._evaluators: dict[tuple[int, str], Evaluate] = {}
         bus = run.events
         self._step_events = any(bus.wants(kind) for kind in _STEP_EVENTS)
 
@@ -130,7 +131,22 @@ class Compiler:
         return pipeline
 
     def _arguments(self, step: Call, template: str, env: frozenset[str]) -> Evaluate:
-        """``scope -> (args, kwargs)`` for ``step``, its expressions compiled once."""
+        """``scope -> (args, kwargs)`` for ``step``, its expressions compiled once.
+
+        A map's call step asks twice (for its node and for the worker's lean
+        drive): the second time gets the first one's function.
+        """
+        cache_key = (id(step), template)
+        evaluate = self._evaluators.get(cache_key)
+        if evaluate is None:
+            evaluate = self._evaluators[cache_key] = self._compile_arguments(
+                step, template, env
+            )
+        return evaluate
+
+    def _compile_arguments(
+        self, step: Call, template: str, env: frozenset[str]
+    ) -> Evaluate:
         args_at = child(template, "args")
         arg_evs = [
             self._expr(a, env, index(args_at, i)) for i, a in enumerate(step.args)

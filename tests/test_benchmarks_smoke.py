@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from _scripts import BENCHMARKS, load_script
+
 BACKENDS = ["asyncio", "uvloop", "trio"]
 SHAPES = [
     "positional",
@@ -24,15 +23,7 @@ SHAPES = [
 
 def _load(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f"plait_bench_{name}", BENCHMARKS / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / f"{name}.py", "plait_bench")
 
 
 @pytest.fixture(scope="module")

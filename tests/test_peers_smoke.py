@@ -8,7 +8,6 @@ was checked, and reached the table.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,20 +16,14 @@ from typing import Any
 
 import pytest
 
-PEERS = Path(__file__).resolve().parent.parent / "benchmarks" / "peers"
+from _scripts import BENCHMARKS, load_script
+
+PEERS = BENCHMARKS / "peers"
 
 
 def _load(name: str) -> ModuleType:
     """Import ``benchmarks/peers/<name>.py`` (not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f"plait_peers_{name}", PEERS / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PEERS / f"{name}.py", "plait_peers")
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,12 @@ from ._calls._middleware import KeyedLimit, KeyedRateLimit, Middleware, Next, To
 from ._concurrency._bridge import check_cancelled
 from ._concurrency._limits import Limiter, LimiterRegistry
 from ._io import dump, json_schema, load
+from ._model._backpressure import Adaptive
 from ._model._errors import (
     ConfigError,
     ExpressionError,
     PlaitError,
+    RateLimited,
     StepFailed,
     StepTimeout,
     ToolTimeout,
@@ -68,6 +70,9 @@ __all__ = [
     "Limiter",
     "LimiterRegistry",
     "check_cancelled",
+    # backpressure from services
+    "RateLimited",
+    "Adaptive",
     # middleware
     "Middleware",
     "Next",

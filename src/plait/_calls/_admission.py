@@ -24,10 +24,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 from .._concurrency._bucket import TokenBucket, commit, pace, release_gates
+from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter
 
 __all__ = [
     "Admission",
+    "Gated",
     "Lease",
     "Release",
     "admission",
@@ -230,6 +232,38 @@ class _Paced(Admission):
                 raise
         commit(buckets)
         return self._release
+
+
+class Gated(Admission):
+    """An admission that waits out a tool's :class:`CoolDown` first.
+
+    A call queued for a slot when the pause began may be given one during
+    the pause: it gives the slot back and waits again, so no call of the
+    tool starts while the pause is on, and none holds a slot while waiting.
+    """
+
+    __slots__ = ("gate", "inner")
+
+    def __init__(self, inner: Admission, gate: CoolDown) -> None:
+        super().__init__(inner.limiters)
+        self.inner = inner
+        self.gate = gate
+
+    def try_enter(self, lease: Lease | None = None) -> Release | None:
+        if self.gate.cooling():
+            return None
+        return self.inner.try_enter(lease)
+
+    async def enter(self, on_wait: OnWait) -> Release:
+        gate = self.gate
+        while True:
+            if gate.cooling():
+                drop_idle_lease()
+                await gate.wait()
+            release = await self.inner.enter(on_wait)
+            if not gate.cooling():
+                return release
+            release()
 
 
 def admission(

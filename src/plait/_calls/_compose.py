@@ -1,9 +1,12 @@
 """The composer: builds a tool's call pipeline once, from the layers it uses.
 
-A call reads, outermost first: retry -> middleware -> attempt (admission ->
-timeout -> call). Each layer is a small function of its own module; the
-composer leaves out every layer the call does not use, so a plain async
-tool under the engine's limit is one coroutine: its attempt.
+A call reads, outermost first: retry -> adaptive limit -> middleware ->
+attempt (admission -> timeout -> call). Each layer is a small function of
+its own module; the composer leaves out every layer the call does not use,
+so a plain async tool under the engine's limit is one coroutine: its
+attempt. The adaptive layer is there only for an :class:`plait.Adaptive`
+limit; the tool's cool-down (the pause after a push-back) only for a call
+with a retry policy, as a gate in its admission.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from typing import Any
 import attrs
 
 from .._concurrency._bucket import TokenBucket
+from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter
 from .._model._errors import StepFailed
 from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._retry import Retry
-from ._admission import admission
+from ._admission import Gated, admission
 from ._attempt import (
     Attempt,
     OnFailure,
@@ -28,9 +32,10 @@ from ._attempt import (
     build_attempt,
     thread_call,
 )
+from ._backpressure import with_adaptive
 from ._context import RunContext, ToolRuntime
 from ._invoker import Invoker
-from ._middleware import with_middleware
+from ._middleware import KeyedLimit, KeyedRateLimit, with_middleware
 from ._report import CallReport
 from ._retry import with_retry
 
@@ -87,19 +92,24 @@ def compose_pipeline(
     label = tool.name if name is None else name
     report = CallReport(label, run.counters_for(label), run.events)
     finish = _finisher(report, step_errors)
-    layered = retry is not None or bool(run.middleware)
+    gate = _gate(rt, run, retry)
+    adaptive = rt.adaptive
+    layered = retry is not None or bool(run.middleware) or adaptive is not None
     limiters, buckets = _limits(rt, run)
+    admit = admission(limiters, buckets, lease=_lease(rt, run))
     steps = Steps(
-        admission(limiters, buckets, lease=_lease(rt, run)),
+        admit if gate is None else Gated(admit, gate),
         report,
         None if layered else finish,
     )
     attempt = _attempt(rt, run, steps, timeout)
     if run.middleware:
         attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
+    if adaptive is not None:
+        attempt = with_adaptive(attempt, report, adaptive)
     if retry is not None:
-        return Pipeline(with_retry(attempt, retry, report, finish), None)
-    if layered:  # middleware alone: one attempt, counted and finished as a call
+        return Pipeline(with_retry(attempt, retry, report, finish, gate), None)
+    if layered:  # one attempt, counted and finished as a call
         return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
     lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
     return Pipeline(attempt, lean)
@@ -112,6 +122,20 @@ def _limits(
     limiters = tuple(x for x in (rt.limiter, run.engine_limiter) if x is not None)
     buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
     return limiters, buckets
+
+
+def _gate(rt: ToolRuntime, run: RunContext, retry: Retry | None) -> CoolDown | None:
+    """The tool's cool-down, when its calls can be paused.
+
+    A call without a retry policy never waits for another try, so it is
+    not paused either; under keyed middleware the pause is the key's (see
+    :class:`KeyedLimit`), not the tool's.
+    """
+    if retry is None or any(
+        isinstance(m, KeyedLimit | KeyedRateLimit) for m in run.middleware
+    ):
+        return None
+    return rt.gate
 
 
 def _lease(rt: ToolRuntime, run: RunContext) -> Limiter | None:

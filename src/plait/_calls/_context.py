@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import attrs
 
+from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
+from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter
 from .._model._events import EventBus
 from .._model._results import Failure
@@ -17,11 +19,17 @@ __all__ = ["RunContext", "ToolRuntime"]
 
 @attrs.define(eq=False)
 class ToolRuntime:
-    """The engine-lifetime state of one tool: its limiter and its bucket."""
+    """The engine-lifetime state of one tool: its limiter and its bucket.
+
+    Also its cool-down (the pause of all its calls after a push-back) and,
+    for an :class:`plait.Adaptive` limit, the controller of its limiter.
+    """
 
     tool: Tool
     limiter: Limiter | None
     bucket: TokenBucket | None
+    gate: CoolDown = attrs.field(factory=CoolDown)
+    adaptive: AdaptiveLimit | None = None
 
 
 @attrs.define(eq=False)

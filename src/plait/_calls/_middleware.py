@@ -28,9 +28,12 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
+from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter, LimiterRegistry
-from .._model._errors import ConfigError
+from .._model._backpressure import Adaptive
+from .._model._errors import ConfigError, RateLimited
 from .._model._paths import fill
 from .._model._ratelimit import RateLimit
 from .._model._tools import Tool
@@ -168,6 +171,52 @@ def _by_tool(call: ToolCall) -> str:
     return call.tool.name
 
 
+class _Pauses:
+    """The cool-downs of a keyed middleware, one per key (see :class:`CoolDown`)."""
+
+    __slots__ = ("_gates", "_lock")
+
+    def __init__(self) -> None:
+        self._gates: dict[str, CoolDown] = {}
+        self._lock = threading.Lock()
+
+    def gate(self, key: str) -> CoolDown:
+        try:
+            return self._gates[key]
+        except KeyError:
+            with self._lock:
+                return self._gates.setdefault(key, CoolDown())
+
+
+async def _under_backpressure(
+    call: ToolCall,
+    call_next: Next,
+    gate: CoolDown,
+    control: AdaptiveLimit | None = None,
+) -> Any:
+    """``call_next(call)`` after the key's pause; a push-back pauses the key.
+
+    The pause is the ``retry_after`` the service asked for, else the tool's
+    retry backoff; ``control``, the key's adaptive limit, hears how it went.
+    """
+    if gate.cooling():
+        await gate.wait()
+    try:
+        result = await call_next(call)
+    except RateLimited as error:
+        pause = error.retry_after
+        if pause is None:
+            retry = call.tool.retry
+            pause = retry.delay(call.attempt) if retry is not None else 0.0
+        gate.cool(pause)
+        if control is not None:
+            control.pushed_back()
+        raise
+    if control is not None:
+        control.succeeded()
+    return result
+
+
 class KeyedRateLimit:
     """Middleware: a separate token bucket per key, e.g. per agent or per user.
 
@@ -177,7 +226,9 @@ class KeyedRateLimit:
 
     The key's token is taken together with the engine's and the tool's, at
     the instant the call starts (see :class:`ToolCall`), so calls never
-    start faster than the key's bucket allows.
+    start faster than the key's bucket allows. When a call of a key is
+    pushed back (:class:`plait.RateLimited`), the key's calls pause (for
+    its ``retry_after``, else the tool's retry backoff), other keys go on.
 
     Example: at most 2 calls a second per agent, whatever the tool::
 
@@ -193,6 +244,7 @@ class KeyedRateLimit:
         self.key = key
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
+        self._pauses = _Pauses()
 
     def bucket(self, key: str) -> TokenBucket:
         """The bucket of ``key`` (created full on first use)."""
@@ -203,8 +255,13 @@ class KeyedRateLimit:
                 return self._buckets.setdefault(key, TokenBucket(self.rate_limit))
 
     def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
-        bucket = self.bucket(self.key(call))
-        return call_next(attrs.evolve(call, buckets=(*call.buckets, bucket)))
+        key = self.key(call)
+        bucket = self.bucket(key)
+        return _under_backpressure(
+            attrs.evolve(call, buckets=(*call.buckets, bucket)),
+            call_next,
+            self._pauses.gate(key),
+        )
 
 
 class KeyedLimit:
@@ -214,17 +271,56 @@ class KeyedLimit:
         limits: the registry; set limits on it with ``set_limit(key, n)``
             (keys without a limit are unlimited).
         key: ``(call) -> str``; by default the tool's name.
+        adaptive: a :class:`plait.Adaptive` limit for every key: each key's
+            limit in ``limits`` then starts at ``adaptive.initial`` and
+            follows what the service takes for that key.
 
     The key's slot is taken with the tool's and the engine's own and held
     like them: a timed-out sync tool keeps it until its thread returns.
+    When a call of a key is pushed back (:class:`plait.RateLimited`), the
+    key's calls pause (for its ``retry_after``, else the tool's retry
+    backoff) and its adaptive limit, if any, shrinks; other keys go on.
     """
 
     def __init__(
-        self, limits: LimiterRegistry, key: Callable[[ToolCall], str] = _by_tool
+        self,
+        limits: LimiterRegistry,
+        key: Callable[[ToolCall], str] = _by_tool,
+        *,
+        adaptive: Adaptive | None = None,
     ) -> None:
+        if adaptive is not None and not isinstance(adaptive, Adaptive):
+            raise ConfigError(
+                f"KeyedLimit.adaptive must be a plait.Adaptive or None, got {adaptive!r}"
+            )
         self.limits = limits
         self.key = key
+        self.adaptive = adaptive
+        self._pauses = _Pauses()
+        self._controls: dict[str, AdaptiveLimit] = {}
+        self._lock = threading.Lock()
+
+    def control(self, key: str) -> AdaptiveLimit | None:
+        """The adaptive limit of ``key`` (None without ``adaptive``)."""
+        if self.adaptive is None:
+            return None
+        try:
+            return self._controls[key]
+        except KeyError:
+            with self._lock:
+                control = self._controls.get(key)
+                if control is None:
+                    limiter = self.limits.limiter(key)
+                    control = AdaptiveLimit(self.adaptive, limiter)
+                    self._controls[key] = control
+                return control
 
     def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
-        limiter = self.limits.limiter(self.key(call))
-        return call_next(attrs.evolve(call, limiters=(*call.limiters, limiter)))
+        key = self.key(call)
+        limiter = self.limits.limiter(key)
+        return _under_backpressure(
+            attrs.evolve(call, limiters=(*call.limiters, limiter)),
+            call_next,
+            self._pauses.gate(key),
+            self.control(key),
+        )

@@ -16,7 +16,10 @@ __all__ = [
     "CommandFailed",
     "ConfigError",
     "ExpressionError",
+    "HttpError",
+    "HttpServerError",
     "PlaitError",
+    "RateLimited",
     "StepFailed",
     "StepTimeout",
     "ToolTimeout",
@@ -179,3 +182,74 @@ class CommandFailed(PlaitError, subprocess.CalledProcessError):
             f"command {self.cmd!r} {status}{detail} "
             "(pass check=False to get the result instead of this error)"
         )
+
+
+class RateLimited(PlaitError):
+    """A service pushed back: too many requests, try again later.
+
+    Raise it from a tool (the ready-made HTTP tool does on 429 and 503), or
+    map a client library's own error onto it in a middleware. The default
+    :class:`plait.Retry` retries it, waiting at least ``retry_after``
+    seconds, and meanwhile the tool's other calls in the engine wait too;
+    with :class:`plait.Adaptive` the tool's limit shrinks.
+
+    Args:
+        message: what the service said.
+        retry_after: seconds to wait (a number, or the text of a
+            ``Retry-After`` header: seconds or an HTTP date); None when the
+            service did not say. A negative or unreadable value is ignored
+            (the run reports it in a ``call.retry_after_ignored`` event).
+
+    Attributes:
+        retry_after: the wait in seconds, or None.
+        retry_after_given: the value given, as it was.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: object = None) -> None:
+        from ._backpressure import retry_after_seconds
+
+        super().__init__(message or "the service asked to slow down")
+        self.message = message
+        self.retry_after_given = retry_after
+        self.retry_after = retry_after_seconds(retry_after)
+
+    @property
+    def retry_after_ignored(self) -> bool:
+        """True when a ``retry_after`` was given but could not be used."""
+        return self.retry_after_given is not None and self.retry_after is None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rate_limited, (self.message, self.retry_after_given))
+
+
+def _rate_limited(message: str, retry_after: object) -> RateLimited:
+    return RateLimited(message, retry_after=retry_after)
+
+
+class HttpError(PlaitError):
+    """An HTTP request got an error status (4xx or 5xx, but 429 and 503).
+
+    Raised by the ready-made HTTP tool. A 4xx is not retried by the default
+    :class:`plait.Retry`; a 5xx is an :class:`HttpServerError`, which is.
+
+    Attributes:
+        status: the status code.
+        method: the request's method.
+        url: the request's URL.
+        body: the response's body, as text (at most 2,000 characters).
+    """
+
+    def __init__(self, status: int, method: str, url: str, body: str = "") -> None:
+        body = body[:2000]
+        super().__init__(f"{method} {url} returned {status}: {body[:200]!r}")
+        self.status = status
+        self.method = method
+        self.url = url
+        self.body = body
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, self.method, self.url, self.body))
+
+
+class HttpServerError(HttpError, ConnectionError):
+    """An HTTP request got a 5xx status: transient, so retried by default."""

@@ -36,6 +36,9 @@ class EventKind(enum.StrEnum):
     CALL_RATE_LIMITED = "call.rate_limited"
     CALL_TIMED_OUT = "call.timed_out"
     THREAD_ABANDONED = "call.thread_abandoned"
+    CALL_PUSHED_BACK = "call.pushed_back"
+    RETRY_AFTER_IGNORED = "call.retry_after_ignored"
+    LIMIT_CHANGED = "tool.limit_changed"
 
     def __str__(self) -> str:
         return self.value
@@ -55,7 +58,10 @@ class Event:
         attempt: the attempt number (1 for the first try), for call events.
         duration: seconds the step, attempt or wait took, when known.
         error: the exception, for failures, retries and timeouts.
-        delay: seconds until the next attempt, for ``call.retried``.
+        delay: seconds until the next attempt, for ``call.retried``; the
+            pause of the tool's calls, for ``call.pushed_back``.
+        limit: the tool's new concurrency limit, for ``tool.limit_changed``
+            (an :class:`plait.Adaptive` limit that moved).
     """
 
     kind: EventKind
@@ -67,6 +73,7 @@ class Event:
     duration: float | None = None
     error: BaseException | None = None
     delay: float | None = None
+    limit: int | None = None
 
 
 Subscriber = Callable[[Event], Any]

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from ._errors import RateLimited
 from ._validate import BOOL, COUNT, fail, number
 
 __all__ = ["Retry", "RetryOn"]
@@ -52,14 +53,17 @@ class Retry:
             lockstep.
         retry_on: exception types that are retried, or a predicate
             ``(exception) -> bool``. By default transient errors are retried:
-            ``OSError`` (connection errors) and ``TimeoutError`` (which
-            includes :class:`plait.ToolTimeout`). Only ``Exception``
+            ``OSError`` (connection errors), ``TimeoutError`` (which
+            includes :class:`plait.ToolTimeout`) and
+            :class:`plait.RateLimited` (a service pushed back). Only ``Exception``
             subclasses are ever retried: cancellation, ``KeyboardInterrupt``
             and ``SystemExit`` always propagate.
 
     Each attempt takes its own rate-limit token and its own concurrency slot;
     no slot is held while sleeping between attempts, and a retry that would
     sleep past the enclosing deadline raises the last error at once instead.
+    After a :class:`plait.RateLimited` the wait is at least its
+    ``retry_after``, and the tool's other calls wait with it.
     """
 
     attempts: int = attrs.field(default=3, validator=COUNT)
@@ -74,7 +78,9 @@ class Retry:
     )
     jitter: bool = attrs.field(default=True, validator=BOOL)
     retry_on: RetryOn = attrs.field(
-        default=(OSError, TimeoutError), converter=_to_tuple, validator=_check_retry_on
+        default=(OSError, TimeoutError, RateLimited),
+        converter=_to_tuple,
+        validator=_check_retry_on,
     )
 
     def should_retry(self, error: BaseException) -> bool:

@@ -90,7 +90,16 @@ class LatencyHistogram:
 class ToolCounters:
     """The live counters of one tool during one run."""
 
-    __slots__ = ("calls", "failures", "latency", "rate_limited", "retries", "timeouts")
+    __slots__ = (
+        "calls",
+        "failures",
+        "latency",
+        "limit",
+        "pushed_back",
+        "rate_limited",
+        "retries",
+        "timeouts",
+    )
 
     def __init__(self) -> None:
         self.calls = 0
@@ -99,6 +108,8 @@ class ToolCounters:
         self.timeouts = 0
         self.rate_limited = 0
         self.latency = LatencyHistogram()
+        self.pushed_back = 0
+        self.limit: int | None = None
 
     def snapshot(self) -> ToolStats:
         lat = self.latency
@@ -112,6 +123,8 @@ class ToolCounters:
             p95=lat.percentile(95),
             p99=lat.percentile(99),
             mean=lat.mean,
+            pushed_back=self.pushed_back,
+            limit=self.limit,
         )
 
 
@@ -130,6 +143,10 @@ class ToolStats:
         p95: the 95th percentile latency, likewise.
         p99: the 99th percentile latency, likewise.
         mean: the mean latency of successful attempts, likewise.
+        pushed_back: attempts the service pushed back
+            (:class:`plait.RateLimited`).
+        limit: the tool's :class:`plait.Adaptive` concurrency limit at the
+            end of the run; None for a fixed limit.
     """
 
     calls: int
@@ -141,6 +158,8 @@ class ToolStats:
     p95: float | None
     p99: float | None
     mean: float | None
+    pushed_back: int = 0
+    limit: int | None = None
 
 
 @attrs.frozen

@@ -9,11 +9,12 @@ from typing import Any, overload
 
 import attrs
 
+from ._backpressure import Adaptive
 from ._ratelimit import RateLimit
 from ._retry import Retry
 from ._validate import CALLABLE, COUNT, SECONDS, Rule, instance_of
 
-__all__ = ["Tool", "is_async_callable", "tool"]
+__all__ = ["CONCURRENCY_LIMIT", "Tool", "is_async_callable", "tool"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -30,6 +31,12 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
+#: A tool's ``concurrency_limit``: fixed, or adaptive.
+CONCURRENCY_LIMIT = Rule(
+    "an int >= 1 or a plait.Adaptive",
+    lambda v: COUNT.ok(v) or isinstance(v, Adaptive),
+).or_none()
+
 _TOOL_NAME = Rule("a non-empty str", lambda v: isinstance(v, str) and bool(v))
 
 
@@ -44,7 +51,8 @@ class Tool:
         fn: the sync or async function.
         name: the name workflows use in ``Call("name", ...)``.
         concurrency_limit: at most this many calls at once per engine; None
-            means bounded only by the engine's ``max_concurrency``.
+            means bounded only by the engine's ``max_concurrency``; a
+            :class:`plait.Adaptive` limit follows what the service takes.
         timeout: seconds per attempt, or None.
         retry: a :class:`Retry` policy, or None for a single attempt.
         rate_limit: a :class:`RateLimit` for this tool, per engine.
@@ -54,8 +62,8 @@ class Tool:
 
     fn: Callable[..., Any] = attrs.field(validator=CALLABLE)
     name: str = attrs.field(validator=_TOOL_NAME)
-    concurrency_limit: int | None = attrs.field(
-        default=None, kw_only=True, validator=COUNT.or_none()
+    concurrency_limit: int | Adaptive | None = attrs.field(
+        default=None, kw_only=True, validator=CONCURRENCY_LIMIT
     )
     timeout: float | None = attrs.field(
         default=None, kw_only=True, validator=SECONDS.or_none()
@@ -104,7 +112,7 @@ def tool(fn: Callable[..., Any], /) -> Tool: ...
 def tool(
     *,
     name: str | None = None,
-    concurrency_limit: int | None = None,
+    concurrency_limit: int | Adaptive | None = None,
     timeout: float | None = None,
     retry: Retry | None = None,
     rate_limit: RateLimit | None = None,
@@ -116,7 +124,7 @@ def tool(
     /,
     *,
     name: str | None = None,
-    concurrency_limit: int | None = None,
+    concurrency_limit: int | Adaptive | None = None,
     timeout: float | None = None,
     retry: Retry | None = None,
     rate_limit: RateLimit | None = None,

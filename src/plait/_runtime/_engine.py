@@ -12,8 +12,10 @@ import anyio
 from .._calls._compose import compose
 from .._calls._context import RunContext, ToolRuntime
 from .._calls._middleware import Middleware
+from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
+from .._model._backpressure import Adaptive
 from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
 from .._model._events import EventBus, EventKind, Subscriber, Subscription
 from .._model._expr import did_you_mean
@@ -161,15 +163,20 @@ class Engine:
         self._functions[name] = f
 
     def _runtime(self, tool: Tool) -> ToolRuntime:
+        limit = tool.concurrency_limit
+        fixed = limit.initial if isinstance(limit, Adaptive) else limit
         limiter: Limiter | None = None
         if self.limiters is not None:
             limiter = self.limiters.limiter(f"tool:{tool.name}")
-            if tool.concurrency_limit is not None:
-                limiter.total = tool.concurrency_limit
-        elif tool.concurrency_limit is not None:
-            limiter = Limiter(tool.concurrency_limit, f"tool:{tool.name}")
+            if fixed is not None:
+                limiter.total = fixed
+        elif fixed is not None:
+            limiter = Limiter(fixed, f"tool:{tool.name}")
         bucket = TokenBucket(tool.rate_limit) if tool.rate_limit is not None else None
-        return ToolRuntime(tool, limiter, bucket)
+        rt = ToolRuntime(tool, limiter, bucket)
+        if isinstance(limit, Adaptive) and limiter is not None:
+            rt.adaptive = AdaptiveLimit(limit, limiter)
+        return rt
 
     def _lookup(self, target: str | Tool, path: str) -> ToolRuntime:
         if isinstance(target, ImportPath):  # Call("pkg.mod:fn") in code: import it

@@ -83,7 +83,7 @@ def test_defaults() -> None:
     assert loop.timeout == 300.0
     assert loop.retry == Retry()
     assert loop.retry is not None
-    assert loop.retry.retry_on == (OSError, TimeoutError)
+    assert loop.retry.retry_on == (OSError, TimeoutError, plait.RateLimited)
     assert loop.collect_metrics is True
     assert loop.attempt_timeout is None
     assert loop.in_flight == 0

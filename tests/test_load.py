@@ -554,7 +554,7 @@ def test_bad_imports_name_the_module_or_attribute() -> None:
     assert "must be an import path 'module:attr'" in got["tools.d"][1]
     assert got["tools.e.concurrency_limit"] == (
         6,
-        "Tool.concurrency_limit must be an int >= 1 or None, got 0",
+        "Tool.concurrency_limit must be an int >= 1 or a plait.Adaptive or None, got 0",
     )
     assert got["tools.e.rate_limit"][1] == "missing required key 'rate'"
     assert got["tools.e.rate_limit.per"][1] == (

@@ -11,6 +11,7 @@ import pytest
 
 import plait
 from plait import Call, MapReduce, Parallel, RateLimit, Retry, Sequential, Var
+from plait._model._tools import CONCURRENCY_LIMIT
 from plait._model._validate import (
     COUNT,
     SECONDS,
@@ -103,7 +104,7 @@ def test_a_document_problem_keeps_its_line() -> None:
 def test_the_rule_table_is_what_the_fields_use() -> None:
     assert field_rule(MapReduce, "max_concurrency") == COUNT.or_none()
     assert field_rule(Call, "timeout") == SECONDS.or_none()
-    assert field_rule(plait.Tool, "concurrency_limit") == COUNT.or_none()
+    assert field_rule(plait.Tool, "concurrency_limit") == CONCURRENCY_LIMIT
     assert field_rule(Retry, "attempts") == COUNT
     assert field_rule(RateLimit, "burst") == COUNT.or_none()
     assert field_rule(MapReduce, "over") is None

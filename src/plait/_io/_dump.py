@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .._model._backpressure import Adaptive
 from .._model._errors import WorkflowError
 from .._model._expr import Fn, Lit, Var, is_expression
 from .._model._imports import ImportPath, import_path_of, resolve
@@ -246,6 +247,8 @@ class _Writer:
     def option(self, key: str, value: object, loc: Loc) -> Any:
         if isinstance(value, Retry):
             return self.retry(value, loc)
+        if isinstance(value, Adaptive):
+            return {"initial": value.initial, "min": value.min, "max": value.max}
         if isinstance(value, RateLimit):
             out: dict[str, Any] = {"rate": value.rate}
             if value.per != 1.0:

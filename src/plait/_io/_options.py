@@ -19,7 +19,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
-from .._model._errors import WorkflowError
+from .._model._backpressure import Adaptive
+from .._model._errors import ConfigError, WorkflowError
 from .._model._expr import did_you_mean
 from .._model._imports import (
     ANY_IMPORT,
@@ -122,6 +123,23 @@ def _optional(hook: Hook) -> Hook:
     return optional
 
 
+def _concurrency_limit(value: Any, _: Any) -> Any:
+    """An int as it is, or a mapping of :class:`Adaptive`'s fields."""
+    if isinstance(value, Mapping):
+        extra = sorted(set(value) - {"initial", "min", "max"}, key=repr)
+        if extra:
+            raise Invalid(
+                None,
+                message=f"unknown key {extra[0]!r} in an adaptive concurrency_limit"
+                "; the keys here are initial, min, max",
+            )
+        try:
+            return Adaptive(**value)
+        except ConfigError as e:
+            raise Invalid(None, message=str(e)) from None
+    return _ruled(Tool, "concurrency_limit")(value, _)
+
+
 def _import_path(value: Any, _: Any) -> Any:
     if not isinstance(value, str) or ":" not in value:
         raise Invalid("an import path 'module:attr'", value)
@@ -214,7 +232,8 @@ def _converter(imports: Imports) -> cattrs.Converter:
             ToolDecl,
             conv,
             target=override(rename="import", struct_hook=_import_path),
-            **_ruled_fields(ToolDecl, "concurrency_limit", "timeout", owner=Tool),
+            concurrency_limit=override(struct_hook=_concurrency_limit),
+            **_ruled_fields(ToolDecl, "timeout", owner=Tool),
             retry=override(struct_hook=_optional(_nested(conv, Retry, "retry"))),
             rate_limit=override(
                 struct_hook=_optional(_nested(conv, RateLimit, "rate limit"))

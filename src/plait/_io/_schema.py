@@ -232,6 +232,13 @@ def json_schema() -> dict[str, Any]:
             "required": ["rate"],
             "additionalProperties": False,
         },
+        "adaptive": {
+            "description": "An adaptive concurrency limit (plait.Adaptive): "
+            "from initial, between min and max.",
+            "type": "object",
+            "properties": {"initial": count, "min": count, "max": count},
+            "additionalProperties": False,
+        },
         "tool": {
             "anyOf": [
                 import_path,
@@ -239,7 +246,9 @@ def json_schema() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "import": import_path,
-                        "concurrency_limit": _nullable(count),
+                        "concurrency_limit": {
+                            "anyOf": [count, _ref("adaptive"), {"type": "null"}]
+                        },
                         "timeout": seconds,
                         "retry": _nullable(_ref("retry")),
                         "rate_limit": _nullable(_ref("rate_limit")),

@@ -35,6 +35,7 @@ from .._model._validate import (
 )
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
+from ._resources import run_resources
 
 __all__ = ["Engine"]
 
@@ -265,8 +266,9 @@ class Engine:
         started = time.perf_counter()
         until = math.inf if deadline is None else anyio.current_time() + deadline
         try:
-            with anyio.CancelScope(deadline=until) as cancel:
-                output = await root(scope, ())
+            async with run_resources():
+                with anyio.CancelScope(deadline=until) as cancel:
+                    output = await root(scope, ())
             if cancel.cancelled_caught:
                 assert deadline is not None  # nothing else cancels this scope
                 raise StepTimeout("", deadline, deadline=True)
@@ -363,11 +365,12 @@ class Engine:
             invoker = compose(rt, run, timeout=rt.tool.timeout, retry=rt.tool.retry)
             prepared.append(PreparedCall(invoker, (), dict(kwargs), path))
         try:
-            return await run_calls(
-                len(prepared),
-                prepared.__getitem__,
-                collect=on_error == "collect",
-                width=None if parallel else 1,
-            )
+            async with run_resources():
+                return await run_calls(
+                    len(prepared),
+                    prepared.__getitem__,
+                    collect=on_error == "collect",
+                    width=None if parallel else 1,
+                )
         finally:
             self.abandoned_threads += run.abandoned_threads

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import attrs
 
@@ -53,10 +54,10 @@ class QuotaServer:
 
     def __init__(
         self,
-        rate: float = 200.0,
+        rate: float = 100.0,
         burst: int = 10,
         max_in_flight: int = 8,
-        latency: float = 0.025,
+        latency: float = 0.05,
     ) -> None:
         self.rate = rate
         self.burst = burst
@@ -136,7 +137,7 @@ def _handler(quota: QuotaServer) -> type[BaseHTTPRequestHandler]:
                 self.reply(int(parts[1]), b"it failed", content_type="text/plain")
                 return
             if parts[0] == "retry-after":
-                self.reply(429, b"slow down", retry_after=parts[1])
+                self.reply(429, b"slow down", retry_after=unquote(parts[1]))
                 return
             if parts[0] == "echo":
                 body = getattr(self, "body", b"")
@@ -159,13 +160,18 @@ def _handler(quota: QuotaServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # listen()'s backlog: the default 5 drops the SYNs of a burst of new
+    # connections, which the client sends again only a second later.
+    request_queue_size = 1024
+
+
 @contextmanager
 def quota_server(**quota: float) -> Iterator[QuotaServer]:
     """Run a :class:`QuotaServer` on a free loopback port while in the block."""
     server = QuotaServer(**quota)  # type: ignore[arg-type]
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-    httpd.daemon_threads = True
-    httpd.request_queue_size = 256
+    httpd = _Server(("127.0.0.1", 0), _handler(server))
     server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

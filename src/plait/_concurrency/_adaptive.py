@@ -12,8 +12,10 @@ slowly):
   of as many calls as were in flight then are not counted again;
 * a success counts towards growth, but only while the limit is in use (a
   call waits, or the slots are nearly all taken: a limit nobody reaches
-  says nothing about the service); one success per slot adds one slot, so
-  the limit grows by about one per round trip, never above ``max``.
+  says nothing about the service). Until the first push-back, one success
+  per slot adds one slot (about one more per round trip); after it, the
+  limit is near what the service takes, so it probes more gently: one
+  slot per ``CAUTION`` round trips. Never above ``max``.
 
 Lowering the total never interrupts a call: it only keeps new ones from
 starting until fewer than the new limit are in flight.
@@ -29,17 +31,21 @@ __all__ = ["DECREASE", "AdaptiveLimit"]
 DECREASE = 0.75
 """The factor a push-back cuts the limit by."""
 
+CAUTION = 4
+"""Round trips of successes per slot added, once the service pushed back."""
+
 
 class AdaptiveLimit:
     """Drives ``limiter.total`` between ``spec.min`` and ``spec.max``."""
 
-    __slots__ = ("_credit", "_stale", "limiter", "spec")
+    __slots__ = ("_credit", "_needed", "_stale", "limiter", "spec")
 
     def __init__(self, spec: Adaptive, limiter: Limiter) -> None:
         self.spec = spec
         self.limiter = limiter
         limiter.total = spec.initial
         self._credit = 0
+        self._needed = 1  # round trips of successes per slot added
         # Calls in flight at the last cut, not yet ended: sent under the
         # old limit, so their push-backs were answered by that cut.
         self._stale = 0
@@ -63,7 +69,7 @@ class AdaptiveLimit:
         if not limiter.waiting and limiter.borrowed + 1 < current:
             return None  # not in use up to the limit
         self._credit += 1
-        if self._credit < current:
+        if self._credit < current * self._needed:
             return None
         self._credit = 0
         limiter.total = current + 1
@@ -79,6 +85,7 @@ class AdaptiveLimit:
         lowered = max(self.spec.min, min(current - 1, int(current * DECREASE)))
         self._stale = limiter.borrowed
         self._credit = 0
+        self._needed = CAUTION
         if lowered == current:
             return None
         limiter.total = lowered

@@ -26,7 +26,7 @@ import pytest
 
 import plait
 from plait._cli import ExitCode, main
-from plait._cli._display import step_status
+from plait._cli._display import headline, step_status
 from plait._cli._json import to_json
 from plait._cli._tracker import RunTracker
 
@@ -617,6 +617,18 @@ def test_progress_of_a_map_from_events() -> None:
     )
     assert tracker.retries == 1
     assert tracker.waits == 1
+
+
+def test_progress_shows_push_backs_and_adaptive_limits() -> None:
+    tracker = RunTracker(plait.Workflow(plait.Call("api")))
+    assert "pushed back" not in headline(tracker, now=0.0)
+    kw: dict[str, Any] = {"tool": "api", "time": 1.0, "attempt": 1}
+    tracker(plait.Event(plait.EventKind.CALL_PUSHED_BACK, "", delay=0.5, **kw))
+    tracker(plait.Event(plait.EventKind.LIMIT_CHANGED, "", limit=6, **kw))
+    tracker(plait.Event(plait.EventKind.LIMIT_CHANGED, "", limit=5, **kw))
+    assert tracker.pushed_back == 1
+    assert tracker.limits() == {"api": 5}
+    assert headline(tracker, now=0.0).endswith(", 1 pushed back, limit api=5")
 
 
 def test_output_json_of_any_value() -> None:

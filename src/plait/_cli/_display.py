@@ -73,17 +73,25 @@ def step_status(step: StepProgress, now: float) -> str:
 
 
 def headline(tracker: RunTracker, now: float) -> str:
-    """The run as a whole: time, calls, failures, retries, waits."""
-    return ", ".join(
-        [
-            duration(tracker.elapsed(now)),
-            count(tracker.calls, "call"),
-            f"{len(tracker.in_flight):,} running",
-            count(tracker.failures, "failed"),
-            count(tracker.retries, "retry"),
-            count(tracker.waits, "rate-limit wait"),
-        ]
-    )
+    """The run as a whole: time, calls, failures, retries, waits.
+
+    Then, once a service pushed back, how often, and the adaptive limits
+    that moved (``limit api=6``).
+    """
+    parts = [
+        duration(tracker.elapsed(now)),
+        count(tracker.calls, "call"),
+        f"{len(tracker.in_flight):,} running",
+        count(tracker.failures, "failed"),
+        count(tracker.retries, "retry"),
+        count(tracker.waits, "rate-limit wait"),
+    ]
+    if tracker.pushed_back:
+        parts.append(count(tracker.pushed_back, "pushed back"))
+    limits = tracker.limits()
+    if limits:
+        parts.append("limit " + " ".join(f"{k}={v}" for k, v in limits.items()))
+    return ", ".join(parts)
 
 
 class Display(Protocol):

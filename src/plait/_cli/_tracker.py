@@ -308,6 +308,15 @@ class RunTracker:
         """Attempts that waited for a rate-limit token."""
         return sum(t.rate_limited for t in self.tools.values())
 
+    @property
+    def pushed_back(self) -> int:
+        """Attempts the service pushed back (:class:`plait.RateLimited`)."""
+        return sum(t.pushed_back for t in self.tools.values())
+
+    def limits(self) -> dict[str, int]:
+        """The current adaptive concurrency limits, by tool, of those that moved."""
+        return {name: t.limit for name, t in self.tools.items() if t.limit is not None}
+
     # -- the subscriber -----------------------------------------------------
     def __call__(self, event: Event) -> None:
         """Count one event (a quick, synchronous engine subscriber)."""
@@ -353,6 +362,10 @@ class RunTracker:
             tool.timeouts += 1
         elif kind is EventKind.THREAD_ABANDONED:
             self.abandoned_threads += 1
+        elif kind is EventKind.CALL_PUSHED_BACK:
+            tool.pushed_back += 1
+        elif kind is EventKind.LIMIT_CHANGED:
+            tool.limit = event.limit
 
     def _step_ended(self, event: Event, ok: bool) -> None:
         progress = self.steps.get(event.path)

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 import attrs
 
-__all__ = ["QuotaServer", "quota_server"]
+__all__ = ["QuotaServer", "Seen", "naive_requests", "quota_server"]
 
 
 @attrs.define
@@ -37,6 +37,8 @@ class Seen:
     peak_in_flight: int = 0
     first_ok: float | None = None
     last_ok: float | None = None
+    # (time.monotonic(), accepted) of every quota request, in order
+    log: list[tuple[float, bool]] = attrs.field(factory=list, repr=False)
 
     @property
     def share_429(self) -> float:
@@ -47,6 +49,22 @@ class Seen:
         if self.first_ok is None or self.last_ok is None or self.ok < 2:
             return 0.0
         return (self.ok - 1) / max(self.last_ok - self.first_ok, 1e-9)
+
+    def after(self, warmup: float) -> tuple[float, float]:
+        """(share of 429s, accepted requests a second) ``warmup`` s after the first.
+
+        Counted from then to the last accepted request.
+        """
+        if not self.log:
+            return 0.0, 0.0
+        since = self.log[0][0] + warmup
+        rest = [(t, ok) for t, ok in self.log if t >= since]
+        accepted = [t for t, ok in rest if ok]
+        if len(accepted) < 2:
+            return 0.0, 0.0
+        counted = [ok for t, ok in rest if t <= accepted[-1]]
+        share = counted.count(False) / len(counted)
+        return share, (len(accepted) - 1) / max(accepted[-1] - accepted[0], 1e-9)
 
 
 class QuotaServer:
@@ -86,12 +104,15 @@ class QuotaServer:
             )
             self.stamp = now
             self.seen.requests += 1
+            wait = None
             if self.in_flight >= self.max_in_flight:
+                wait = self.latency
+            elif self.tokens < 1.0:
+                wait = (1.0 - self.tokens) / self.rate
+            self.seen.log.append((now, wait is None))
+            if wait is not None:
                 self.seen.too_many += 1
-                return self.latency
-            if self.tokens < 1.0:
-                self.seen.too_many += 1
-                return (1.0 - self.tokens) / self.rate
+                return wait
             self.tokens -= 1.0
             self.in_flight += 1
             self.seen.peak_in_flight = max(self.seen.peak_in_flight, self.in_flight)
@@ -181,3 +202,92 @@ def quota_server(**quota: float) -> Iterator[QuotaServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+async def naive_requests(urls: list[str], width: int) -> None:
+    """The usual way: ``width`` concurrent httpx requests, each retrying on its own.
+
+    Every request that gets a 429 sleeps for its ``Retry-After`` and sends
+    again, whatever its siblings got meanwhile.
+    """
+    import anyio
+    import httpx
+
+    async def one(client: httpx.AsyncClient, url: str) -> None:
+        while True:
+            response = await client.get(url)
+            if response.status_code != 429:
+                response.raise_for_status()
+                return
+            await anyio.sleep(float(response.headers["retry-after"]))
+
+    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+    async with httpx.AsyncClient(limits=limits) as client:
+        slots = anyio.Semaphore(width)
+
+        async def bounded(url: str) -> None:
+            async with slots:
+                await one(client, url)
+
+        async with anyio.create_task_group() as tg:
+            for url in urls:
+                tg.start_soon(bounded, url)
+
+
+_FAST_SERVER = r"""
+import asyncio, sys
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: 11\r\n\r\n{\"ok\":true}"
+)
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data):
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:  # GETs only: no bodies
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.transport.write(RESPONSE)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+@contextmanager
+def fast_server() -> Iterator[str]:
+    """A server in a process of its own that answers every GET with 200 at once.
+
+    For measuring a client's own cost: it does next to nothing per request,
+    and does it off this process's GIL. Yields its URL; it exits when the
+    block ends (its stdin closes).
+    """
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FAST_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -157,3 +157,29 @@ def test_agents_script_end_to_end(
     for r in rows:
         assert r["median_s"] > 0
         assert r["ratio"] == pytest.approx(r["median_s"] / r["ideal_s"])
+
+
+def test_backpressure_script_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = _load("backpressure")
+    out = tmp_path / "backpressure.json"
+    argv = ["--requests", "40", "--warmup", "0.1", "--overhead-requests", "20"]
+    argv += ["--repeat", "1", "--backends", "trio", "--json", str(out)]
+    assert module.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| backend | contender |" in printed
+    assert "bare httpx us/request" in printed
+    data = json.loads(out.read_text())
+    assert [r["contender"] for r in data["quota"]] == [
+        "plait Adaptive",
+        "naive retry loop",
+    ]
+    for r in data["quota"]:
+        assert r["backend"] == "trio"
+        assert r["seen"] >= 40
+        assert 0 <= r["share_429"] <= 1
+    (overhead,) = data["overhead"]
+    assert overhead["bare_us"] > 0
+    assert overhead["plait_us"] > 0
+    assert len(overhead["plait_samples_us"]) == 1

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import plait
-from _quota_server import QuotaServer, quota_server
+from _quota_server import QuotaServer, naive_requests, quota_server
 from plait.tools import HttpError, HttpResponse, HttpServerError, http, http_tool
 from plait.tools._http import HttpClient
 
@@ -153,30 +153,6 @@ REQUESTS = 600
 WIDTH = 64
 
 
-async def _naive(url: str) -> None:
-    """64 concurrent requests, each retrying on its own after its Retry-After."""
-    import httpx
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        while True:
-            response = await client.get(f"{url}/q/{i}")
-            if response.status_code != 429:
-                return
-            await anyio.sleep(float(response.headers["retry-after"]))
-
-    limits = httpx.Limits(max_connections=WIDTH)
-    async with httpx.AsyncClient(limits=limits) as client:
-        slots = anyio.Semaphore(WIDTH)
-
-        async def bounded(i: int) -> None:
-            async with slots:
-                await one(client, i)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(REQUESTS):
-                tg.start_soon(bounded, i)
-
-
 async def test_adaptive_http_keeps_429s_rare_and_throughput_high(
     server: QuotaServer, anyio_backend: tuple[str, dict[str, Any]]
 ) -> None:
@@ -215,7 +191,7 @@ async def test_adaptive_http_keeps_429s_rare_and_throughput_high(
     if anyio_backend == ("asyncio", {}):  # the comparison, once
         server.reset()
         with anyio.fail_after(120):
-            await _naive(server.url)
+            await naive_requests(urls, WIDTH)
         naive = server.seen
         assert naive.ok == REQUESTS
         line += (

@@ -19,7 +19,9 @@ httpx is imported on first use, so ``import plait`` does not need it.
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
+import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,17 @@ def _httpx() -> Any:
     return httpx
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS settings every client shares, made once per process.
+
+    Loading the certificate store takes tens of milliseconds: once, not
+    once per run's client.
+    """
+    context: ssl.SSLContext = _httpx().create_ssl_context()
+    return context
+
+
 def _decoded(response: httpx.Response) -> Any:
     if "json" not in response.headers.get("content-type", ""):
         return None
@@ -128,7 +141,10 @@ class HttpClient:
             max_connections=self.pool, max_keepalive_connections=self.pool
         )
         client: httpx.AsyncClient = hx.AsyncClient(
-            base_url=self.base_url or "", headers=self.headers, limits=limits
+            base_url=self.base_url or "",
+            headers=self.headers,
+            limits=limits,
+            verify=_tls(),
         )
         return client
 

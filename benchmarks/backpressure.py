@@ -1,0 +1,289 @@
+"""Backpressure from services: adaptive concurrency against a quota, and the HTTP tool's cost.
+
+Usage::
+
+    python benchmarks/backpressure.py [--requests N] [--warmup S] [--repeat R]
+                                      [--backends B,B] [--quick] [--check]
+                                      [--json PATH]
+
+Both parts run against a real HTTP server on loopback (``tests/_quota_server.py``)
+on threads of its own.
+
+**Quota.** The server takes at most 100 requests a second with bursts of
+10 and 8 in flight; each accepted request takes 50 ms; beyond that it
+answers 429 with a ``Retry-After``. ``--requests`` requests go through a
+64-wide ``MapReduce`` of the HTTP tool with ``plait.Adaptive`` and a retry,
+then, for comparison, through the usual way: 64 concurrent httpx requests,
+each retrying on its own after its ``Retry-After``. For each, the table
+shows what the server saw after a ``--warmup`` (2 s): the share of 429s
+and the accepted requests a second as a share of the quota. Targets for
+plait: at most ``TARGET_429`` 429s and at least ``TARGET_THROUGHPUT`` of the
+quota.
+
+**Overhead.** A server in a process of its own answers every GET at once;
+``--overhead-requests`` GETs run through a ``MapReduce`` of an HTTP tool
+limited to 8 at once, and through 8 workers sharing one
+``httpx.AsyncClient``: the same client, the same concurrency, each making
+and closing its client within the time measured. Runs alternate (``--repeat`` rounds); the table shows the
+medians and the microseconds per request plait adds. Target: at most
+``TARGET_OVERHEAD_US``.
+
+``--check`` makes a missed target fail the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+import plait
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _quota_server import QuotaServer, fast_server, naive_requests, quota_server
+
+BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "asyncio": ("asyncio", {}),
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", {}),
+}
+WIDTH = 64
+_TLS = httpx.create_ssl_context()  # made once, as the HTTP tool's are
+CONCURRENCY = 8  # of the overhead part
+TARGET_429 = 0.05
+TARGET_THROUGHPUT = 0.85
+TARGET_OVERHEAD_US = 50.0
+
+
+def _run(backend: str, fn: Any, *args: Any) -> Any:
+    name, options = BACKENDS[backend]
+    return anyio.run(fn, *args, backend=name, backend_options=options)
+
+
+async def _plait_quota(urls: list[str]) -> None:
+    tool = plait.tools.http_tool(
+        concurrency_limit=plait.Adaptive(initial=8, min=1, max=WIDTH),
+        retry=plait.Retry(attempts=50, initial_delay=0.01, max_delay=0.5),
+    )
+    engine = plait.Engine(tools=[tool], max_concurrency=WIDTH)
+    await engine.run(
+        plait.MapReduce(
+            over=urls,
+            map=plait.Call("http", "GET", plait.Var("item")),
+            max_concurrency=WIDTH,
+        )
+    )
+
+
+def measure_quota(
+    server: QuotaServer, backend: str, requests: int, warmup: float
+) -> list[dict[str, Any]]:
+    """plait and the naive loop through the quota; what the server saw of each."""
+    urls = [f"{server.url}/q/{i}" for i in range(requests)]
+    rows = []
+    for contender, run in (
+        ("plait Adaptive", _plait_quota),
+        ("naive retry loop", None),
+    ):
+        server.reset()
+        started = time.perf_counter()
+        if run is None:
+            _run(backend, naive_requests, urls, WIDTH)
+        else:
+            _run(backend, run, urls)
+        elapsed = time.perf_counter() - started
+        seen = server.seen
+        share, per_second = seen.after(warmup)
+        rows.append(
+            {
+                "backend": backend,
+                "contender": contender,
+                "requests": requests,
+                "seen": seen.requests,
+                "share_429": share,
+                "throughput": per_second / server.rate,
+                "share_429_all": seen.share_429,
+                "seconds": elapsed,
+            }
+        )
+    return rows
+
+
+async def _bare(urls: list[str]) -> float:
+    """8 workers, one client: made (with TLS settings made once) and closed."""
+    import httpx
+
+    started = time.perf_counter()
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(limits=limits, verify=_TLS) as client:
+        pending = iter(urls)
+
+        async def worker() -> None:
+            for url in pending:
+                (await client.get(url)).raise_for_status()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(CONCURRENCY):
+                tg.start_soon(worker)
+    return time.perf_counter() - started
+
+
+async def _with_plait(urls: list[str]) -> float:
+    tool = plait.tools.http_tool(concurrency_limit=CONCURRENCY)
+    engine = plait.Engine(tools=[tool], max_concurrency=CONCURRENCY)
+    step = plait.MapReduce(over=urls, map=plait.Call("http", "GET", plait.Var("item")))
+    started = time.perf_counter()
+    await engine.run(step)
+    return time.perf_counter() - started
+
+
+def measure_overhead(
+    url: str, backend: str, requests: int, repeat: int
+) -> dict[str, Any]:
+    """Microseconds per request of the HTTP tool and of bare httpx, alternated.
+
+    Both make their client, pooled, and close it within the time measured.
+    """
+    urls = [url] * requests
+    _run(backend, _bare, urls[:50])  # warm the imports and the server's threads
+    bare, plaits = [], []
+    for i in range(repeat):
+        order = (_bare, _with_plait) if i % 2 == 0 else (_with_plait, _bare)
+        for fn in order:
+            seconds = _run(backend, fn, urls)
+            (bare if fn is _bare else plaits).append(seconds / requests * 1e6)
+    b, p = statistics.median(bare), statistics.median(plaits)
+    return {
+        "backend": backend,
+        "requests": requests,
+        "bare_us": b,
+        "plait_us": p,
+        "added_us": p - b,
+        "bare_samples_us": bare,
+        "plait_samples_us": plaits,
+    }
+
+
+def quota_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| backend | contender | requests | seen by server | 429s after warm-up |"
+        " throughput after warm-up | 429s overall | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['backend']} | {r['contender']} | {r['requests']:,} | {r['seen']:,} |"
+            f" {r['share_429']:.1%} | {r['throughput']:.0%} of quota |"
+            f" {r['share_429_all']:.1%} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(out)
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| backend | requests | bare httpx us/request | HTTP tool us/request | added us |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['backend']} | {r['requests']:,} | {r['bare_us']:.0f} |"
+            f" {r['plait_us']:.0f} | {r['added_us']:+.0f} |"
+        )
+    return "\n".join(out)
+
+
+def misses(quota: list[dict[str, Any]], overhead: list[dict[str, Any]]) -> list[str]:
+    """The targets missed, one line each."""
+    found = []
+    for r in quota:
+        if r["contender"] != "plait Adaptive":
+            continue
+        if r["share_429"] > TARGET_429:
+            found.append(
+                f"{r['backend']}: {r['share_429']:.1%} 429s > {TARGET_429:.0%}"
+            )
+        if r["throughput"] < TARGET_THROUGHPUT:
+            found.append(
+                f"{r['backend']}: throughput {r['throughput']:.0%} < "
+                f"{TARGET_THROUGHPUT:.0%} of quota"
+            )
+    for r in overhead:
+        if r["added_us"] > TARGET_OVERHEAD_US:
+            found.append(
+                f"{r['backend']}: the HTTP tool adds {r['added_us']:.0f} us > "
+                f"{TARGET_OVERHEAD_US:.0f} us"
+            )
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1200)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--overhead-requests", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, asyncio only"
+    )
+    parser.add_argument("--check", action="store_true", help="fail on a missed target")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    backends = args.backends.split(",")
+    if args.quick:
+        args.requests, args.warmup = 400, 1.0
+        args.overhead_requests, args.repeat = 500, 3
+        backends = ["asyncio"]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(
+            f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}"
+        )
+    print(
+        f"python={sys.version.split()[0]} plait={plait.__version__} "
+        f"anyio={version('anyio')} httpx={version('httpx')}"
+    )
+    quota: list[dict[str, Any]] = []
+    overhead: list[dict[str, Any]] = []
+    with quota_server(rate=100, burst=10, max_in_flight=8, latency=0.05) as server:
+        for backend in backends:
+            quota += measure_quota(server, backend, args.requests, args.warmup)
+    print(
+        f"\nQuota: 100 requests/s, bursts of 10, 8 in flight, 50 ms each; "
+        f"{args.requests:,} requests, {WIDTH} wide; after a {args.warmup:g} s warm-up:"
+    )
+    print(quota_table(quota))
+    with fast_server() as url:
+        for backend in backends:
+            overhead.append(
+                measure_overhead(url, backend, args.overhead_requests, args.repeat)
+            )
+    print(
+        f"\nOverhead: {args.overhead_requests:,} GETs, {CONCURRENCY} at once, "
+        f"median of {args.repeat} alternated runs:"
+    )
+    print(overhead_table(overhead))
+    missed = misses(quota, overhead)
+    targets = (
+        f"targets: <= {TARGET_429:.0%} 429s and >= {TARGET_THROUGHPUT:.0%} of quota "
+        f"after the warm-up; <= {TARGET_OVERHEAD_US:.0f} us added per request"
+    )
+    print(f"\n{targets}: " + ("MISSED: " + "; ".join(missed) if missed else "all met"))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({"quota": quota, "overhead": overhead}, indent=2)
+        )
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -221,3 +221,26 @@ def test_many_agents_main_prints_the_report(
     assert "20 analysts studied" in out
     assert "agents[6]: ConnectionError" in out
     assert "agents[13]: ToolTimeout" in out
+
+
+# -- quota_fetch.py ------------------------------------------------------------
+
+
+async def test_quota_fetch_gets_every_item_from_its_own_service(
+    workflows: Any,
+) -> None:
+    quota_fetch = workflows("quota_fetch")
+    found = await quota_fetch.fetch(80, 200.0)
+    assert found["total_price"] == found["expected_price"]
+    assert found["requests_seen"] >= 80
+    assert found["requests_seen"] == 80 + found["pushed_back"]
+    assert 1 <= found["limit"] <= 64
+
+
+def test_quota_fetch_main(workflows: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    quota_fetch = workflows("quota_fetch")
+    assert quota_fetch.main(["--items", "40", "--rate", "200"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"total price 1\d\d \(expected 1\d\d\)", out)
+    assert "refused with 429" in out
+    assert "the adaptive limit settled at" in out

@@ -221,7 +221,7 @@ class AgentLoop:
         timeout: seconds for a whole invocation, retries included, or None.
         retry: a :class:`plait.Retry`; ``None`` for one attempt. By default
             three attempts, retrying only transient errors (``OSError``,
-            ``TimeoutError``).
+            ``TimeoutError``, :class:`plait.RateLimited`).
         collect_metrics: record latencies for :meth:`latency_stats`.
         attempt_timeout: seconds per attempt (raising
             :class:`plait.ToolTimeout`, which the default retry retries), or

@@ -18,6 +18,8 @@ from plait._concurrency._adaptive import CAUTION, AdaptiveLimit
 from plait._concurrency._limits import Limiter
 from plait._model._backpressure import retry_after_seconds
 
+pytestmark = pytest.mark.anyio
+
 # -- RateLimited and Retry-After --------------------------------------------------
 
 
@@ -182,8 +184,6 @@ def test_the_limit_stays_within_min_and_max(
 
 
 # -- the pause: one cool-down per tool ------------------------------------------------
-
-pytestmark = pytest.mark.anyio
 
 
 def _retry() -> plait.Retry:
@@ -474,3 +474,57 @@ async def test_adaptive_with_a_shared_registry_drives_its_limiter() -> None:
     with pytest.raises(plait.StepFailed):
         await engine.run(plait.Call("api"))
     assert registry.get_limit("tool:api") == 3
+
+
+# -- in documents ------------------------------------------------------------------
+
+ADAPTIVE_DOC = """
+tools:
+  api:
+    import: plait.tools:http
+    concurrency_limit: {initial: 2, max: 8}
+kind: call
+tool: api
+args: {method: GET, url: "http://127.0.0.1:9/"}
+"""
+
+
+def test_a_document_declares_an_adaptive_limit_and_dumps_it_back() -> None:
+    import jsonschema
+    import yaml
+
+    workflow = plait.load(ADAPTIVE_DOC)
+    tool = workflow.step.target
+    assert isinstance(tool, plait.Tool)
+    assert tool.concurrency_limit == plait.Adaptive(initial=2, min=1, max=8)
+    text = plait.dump(workflow)
+    assert "initial: 2" in text
+    assert plait.load(text) == workflow
+    jsonschema.validate(yaml.safe_load(ADAPTIVE_DOC), plait.json_schema())
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        (
+            "{initial: 9, max: 8}",
+            "Adaptive.initial must be an int from Adaptive.min to Adaptive.max "
+            "(1..8), got 9",
+        ),
+        ("{min: 3, max: 2}", "Adaptive.min must be an int <= Adaptive.max (2), got 3"),
+        (
+            "{initial: 2, most: 8}",
+            "unknown key 'most' in an adaptive concurrency_limit",
+        ),
+        ("0", "Tool.concurrency_limit must be an int >= 1 or a plait.Adaptive"),
+    ],
+)
+def test_a_bad_adaptive_limit_in_a_document_names_the_field(
+    limit: str, message: str
+) -> None:
+    doc = ADAPTIVE_DOC.replace("{initial: 2, max: 8}", limit)
+    with pytest.raises(plait.WorkflowError) as info:
+        plait.load(doc)
+    problem = info.value.errors[0]
+    assert problem.path == "tools.api.concurrency_limit"
+    assert message in problem.message

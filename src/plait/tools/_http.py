@@ -201,7 +201,7 @@ class HttpClient:
         _check(method, url, response)
         return HttpResponse(
             response.status_code,
-            {k.lower(): v for k, v in response.headers.items()},
+            dict(response.headers.items()),  # names already in lower case
             response.text,
             _decoded(response),
         )

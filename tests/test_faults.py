@@ -688,13 +688,26 @@ async def test_a_subscriber_raising_on_every_kind_of_event_never_breaks_the_run(
     async def broken() -> None:
         raise Boom("broken")
 
-    tools = [flaky, paced, slow, hung, broken]
+    pushes: collections.Counter[int] = collections.Counter()
+
+    @plait.tool(
+        retry=plait.Retry(attempts=2, initial_delay=0),
+        concurrency_limit=plait.Adaptive(initial=2, min=1, max=2),
+    )
+    async def pushy(i: int) -> int:
+        pushes[i] += 1
+        if i == 1 and pushes[i] == 1:  # pushed back, with a header unread
+            raise plait.RateLimited("429", retry_after="soon")
+        return i
+
+    tools = [flaky, paced, slow, hung, broken, pushy]
     wf = Parallel(
         MapReduce(Var("xs"), Call("flaky", Var("item"))),
         MapReduce(Var("xs"), Call("paced", Var("item"))),
         Call("slow"),
         Call("hung"),
         Call("broken"),
+        MapReduce(Var("xs"), Call("pushy", Var("item"))),
         on_error="collect",
     )
 
@@ -716,6 +729,7 @@ async def test_a_subscriber_raising_on_every_kind_of_event_never_breaks_the_run(
     try:
         reference = await run(lambda e: None)
         tries.clear()
+        pushes.clear()
         with caplog.at_level(logging.ERROR, logger="plait"):
             result = await run(bad, seen.append)
     finally:

@@ -17,6 +17,7 @@ from ._model._errors import (
     ConfigError,
     ExpressionError,
     PlaitError,
+    RemoteError,
     StepFailed,
     StepTimeout,
     ToolTimeout,
@@ -88,6 +89,7 @@ __all__ = [
     "ToolTimeout",
     "StepTimeout",
     "StepFailed",
+    "RemoteError",
 ]
 
 publish(__name__, globals())

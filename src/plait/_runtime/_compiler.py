@@ -305,7 +305,7 @@ class Compiler:
             ),
         )
 
-        runner = run_map
+        runner: Callable[..., Awaitable[Any]] = run_map
         if step.remote and self.executor is not None:
             runner = remote_runner(
                 step,

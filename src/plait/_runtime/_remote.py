@@ -17,6 +17,7 @@ executor's ``prepare``, that it can run there.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -151,8 +152,15 @@ class _RemoteRun(MapRun):
         size, window = session.chunk_size, session.window
         starts: dict[int, int] = {}  # chunk number -> index of its first element
         number = 0
+        # An ordered fold waits for the earliest chunk: chunks done after it
+        # count against the window until they are folded.
+        ahead = window * size if self.window != math.inf else math.inf
         while True:
-            while len(starts) < window and not self.exhausted:
+            while (
+                len(starts) < window
+                and not self.exhausted
+                and self.pulled - self.next_fold < ahead
+            ):
                 first = self.pulled
                 chunk = await self._pull_chunk(size)
                 if chunk:
@@ -259,7 +267,7 @@ class _Rewrite:
         self.tools: dict[str, Tool] = {}
 
     def step(self, step: Step, path: str) -> Step:
-        options = {"name": step.name, "timeout": step.timeout}
+        options: dict[str, Any] = {"name": step.name, "timeout": step.timeout}
         if isinstance(step, Call):
             tool = self.lookup(step, path).tool
             self.tools[tool.name] = tool
@@ -350,4 +358,3 @@ def _free_names(step: Step) -> set[str]:
 
     walk(step)
     return names
-

@@ -56,6 +56,5 @@ def check_remote_limits(
                 )
     if engine_rate_limited:
         raise ConfigError(
-            f"Engine.rate_limit would not hold across worker processes{where}; "
-            f"{fixes}"
+            f"Engine.rate_limit would not hold across worker processes{where}; {fixes}"
         )

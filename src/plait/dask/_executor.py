@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -38,9 +38,9 @@ from .._runtime._executor import ChunkOutcome, ChunkSession, RemoteTask
 from ._wire import WireSpec, wire_spec
 from ._worker import beat_name, check_document, run_chunk, stop_name
 
-if TYPE_CHECKING:
-    from distributed import Client, Future
-
+# distributed's objects (Client, Future...) are typed Any here: the package
+# is optional, and its API is only partly annotated.
+Client = Any
 __all__ = ["DaskExecutor"]
 
 _LIMITS = one_of("shared", "per-worker")
@@ -101,18 +101,19 @@ class DaskExecutor:
         limits: str = "shared",
         window: int | None = None,
     ) -> None:
-        if client is not None and not isinstance(client, str):
-            if not hasattr(client, "submit"):
-                raise ConfigError(
-                    "DaskExecutor.client must be a distributed.Client, a scheduler "
-                    f"address or None, got {client!r}"
-                )
+        if not isinstance(client, str | None) and not hasattr(client, "submit"):
+            raise ConfigError(
+                "DaskExecutor.client must be a distributed.Client, a scheduler "
+                f"address or None, got {client!r}"
+            )
         self.chunk_size = check_count(chunk_size, "DaskExecutor.chunk_size")
         _LIMITS.check(limits, "DaskExecutor.limits")
         self.limits = limits
-        self.window = None if window is None else check_count(window, "DaskExecutor.window")
+        self.window = (
+            None if window is None else check_count(window, "DaskExecutor.window")
+        )
         self._given = client
-        self._client: Client | None = None if isinstance(client, str | None) else client
+        self._client: Any = None if isinstance(client, str | None) else client
         self._cluster: Any = None
         self._lock = threading.Lock()
         self._checked: set[str] = set()
@@ -137,7 +138,7 @@ class DaskExecutor:
     def _connect(self) -> Client:
         distributed = _distributed()
         if isinstance(self._given, str):
-            return distributed.Client(self._given, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
+            return distributed.Client(self._given, timeout=CONNECT_TIMEOUT)
         self._cluster = distributed.LocalCluster(
             n_workers=os.cpu_count() or 1,
             threads_per_worker=1,
@@ -145,7 +146,7 @@ class DaskExecutor:
             host="127.0.0.1",
             dashboard_address=None,
         )
-        return distributed.Client(self._cluster)  # type: ignore[no-any-return]
+        return distributed.Client(self._cluster)
 
     def close(self) -> None:
         """Shut down the client and cluster the executor started (idempotent)."""
@@ -236,12 +237,12 @@ class _DaskRun:
 
     def __init__(self, executor: DaskExecutor, spec: WireSpec) -> None:
         self.executor = executor
-        self.client = executor.client
+        self.client: Any = executor.client
         self.spec = spec
         self.chunk_size = executor.chunk_size
         self.window = executor.window or 2
         self.run_id = uuid.uuid4().hex
-        self.futures: dict[int, Future] = {}
+        self.futures: dict[int, Any] = {}
         self.scope: Any = None
         self._beating = threading.Event()
         self._heart: threading.Thread | None = None
@@ -266,10 +267,9 @@ class _DaskRun:
         count = 0
         while not self._beating.wait(HEARTBEAT):
             count += 1
-            try:
+            # The scheduler may be away; then the workers notice the silence.
+            with contextlib.suppress(Exception):
                 self._beat.set(count)
-            except Exception:  # the scheduler is away; the workers will notice
-                pass
 
     def stop(self) -> None:
         """Stop every chunk of the run and wait (bounded) until they answered."""

@@ -18,6 +18,7 @@ of it that starts afterwards returns at once.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import pickle
 import threading
@@ -33,7 +34,7 @@ import anyio.lowlevel
 
 from .._io import load
 from .._model._errors import RemoteError, StepFailed, StepTimeout
-from .._model._events import Event, EventKind
+from .._model._events import Event
 from .._model._results import Failure
 from .._model._steps import Workflow
 from .._runtime._engine import Engine
@@ -118,9 +119,7 @@ async def _run(
             Failure(_portable(v.error), v.path) if isinstance(v, Failure) else v
             for v in values
         ]
-    portable = tuple(
-        _event_portable(e) for e in events if e.path.startswith("map[")
-    )
+    portable = tuple(_event_portable(e) for e in events if e.path.startswith("map["))
     return ChunkOutcome(values=values, error=error, events=portable)
 
 
@@ -217,12 +216,12 @@ class _Watch:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        from distributed import Event as DaskEvent
-        from distributed import Variable, get_client
+        import distributed
 
-        client = get_client()
-        stop = DaskEvent(stop_name(self.run_id), client=client)
-        beat = Variable(beat_name(self.run_id), client=client)
+        dask: Any = distributed  # partly annotated
+        client = dask.get_client()
+        stop = dask.Event(stop_name(self.run_id), client=client)
+        beat = dask.Variable(beat_name(self.run_id), client=client)
         threading.Thread(
             target=self._watch,
             args=(stop, beat),
@@ -270,10 +269,9 @@ class _Watch:
 
 
 def _cancel_in(token: Any, cancel: Callable[[], None]) -> None:
-    try:
+    # That chunk's loop may have ended already.
+    with contextlib.suppress(Exception):
         anyio.from_thread.run_sync(cancel, token=token)
-    except Exception:  # that chunk's loop has ended already
-        pass
 
 
 class _Watches:
@@ -302,7 +300,11 @@ class _Watches:
     def _forget_stopped(self) -> None:
         now = time.monotonic()
         for run_id, watch in list(self._watches.items()):
-            if watch.stopped and not watch.users and now - watch.idle_since > _KEEP_STOPPED:
+            if (
+                watch.stopped
+                and not watch.users
+                and now - watch.idle_since > _KEEP_STOPPED
+            ):
                 del self._watches[run_id]
 
     def retire(self, watch: _Watch, idle: float) -> bool:

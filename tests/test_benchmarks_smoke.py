@@ -157,3 +157,9 @@ def test_agents_script_end_to_end(
     for r in rows:
         assert r["median_s"] > 0
         assert r["ratio"] == pytest.approx(r["median_s"] / r["ideal_s"])
+
+
+def test_remote_benchmark_runs() -> None:
+    pytest.importorskip("distributed")
+    remote = _load("remote")
+    assert remote.main(["--quick", "--elements", "512"]) == 0

@@ -281,9 +281,9 @@ async def test_a_stop_reaches_every_running_chunk(
         assert info.value.path == "map[0]"
     elif how == "deadline":
         with pytest.raises(plait.StepTimeout):
-            await engine.run(step, {"xs": list(range(12))}, deadline=0.6)
+            await engine.run(step, {"xs": list(range(12))}, deadline=1.0)
     else:
-        with anyio.move_on_after(0.6):
+        with anyio.move_on_after(1.0):
             await engine.run(step, {"xs": list(range(12))})
     ended = time.time()
     assert ended - started < 4.0  # well before any 5 s call ends

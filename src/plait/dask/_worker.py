@@ -222,6 +222,8 @@ class _Watch:
         client = dask.get_client()
         stop = dask.Event(stop_name(self.run_id), client=client)
         beat = dask.Variable(beat_name(self.run_id), client=client)
+        # A chunk that starts after its run was stopped must not start a call.
+        self.stopped = bool(stop.is_set())
         threading.Thread(
             target=self._watch,
             args=(stop, beat),

@@ -9,6 +9,7 @@ processes start with the same ``sys.path``.
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -341,3 +342,31 @@ def test_a_lazy_remote_map_pulls_a_bounded_window(
     window = 2 * 2  # twice the cluster's 2 worker threads
     assert ahead[0] <= (window + 1) * 256
     assert sys.getrefcount(executor) < 10
+
+
+def test_the_command_runs_remote_steps_on_a_given_cluster(
+    client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plait._cli import main
+
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "kind: map_reduce\nover: ${xs}\nremote: true\n"
+        "map: {kind: call, tool: '_dask_tools:pid', args: ['${item}']}\n"
+    )
+    (tmp_path / "in.json").write_text('{"xs": [1, 2, 3, 4, 5, 6, 7, 8]}')
+    address = client.scheduler.address
+    code = main(
+        [
+            "run",
+            str(flow),
+            "--inputs",
+            str(tmp_path / "in.json"),
+            "--dask",
+            address,
+            "-q",
+        ]
+    )
+    assert code == 0
+    pids = set(json.loads(capsys.readouterr().out))
+    assert pids <= set(client.run(lambda: __import__("os").getpid()).values())

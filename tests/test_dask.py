@@ -370,3 +370,29 @@ def test_the_command_runs_remote_steps_on_a_given_cluster(
     assert code == 0
     pids = set(json.loads(capsys.readouterr().out))
     assert pids <= set(client.run(lambda: __import__("os").getpid()).values())
+
+
+def test_the_chunks_of_a_silent_coordinator_stop_themselves(
+    client: Any, tmp_path: Path
+) -> None:
+    from plait._runtime._executor import CHUNK_VAR
+    from plait.dask._wire import WireSpec
+    from plait.dask._worker import run_chunk
+
+    log = tmp_path / "calls.log"
+    chunk_step = MapReduce(
+        Var(CHUNK_VAR), Call(T.logged_sleep, Var("item"), str(log), seconds=5.0)
+    )
+    spec = WireSpec(
+        document=plait.dump(chunk_step),
+        event_kinds=frozenset(),
+        max_concurrency=10,
+        stale_after=1.0,
+    )
+    # No coordinator bumps this run's heartbeat: its chunk must stop itself.
+    started = time.monotonic()
+    future = client.submit(run_chunk, spec, "silent-run", {}, [1, 2, 3], pure=False)
+    outcome = future.result(timeout=30)
+    assert outcome.stopped
+    assert time.monotonic() - started < 4.5  # before the 5 s calls end
+    assert [what for what, _, _ in _log_lines(log)] == ["start"] * 3

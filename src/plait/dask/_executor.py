@@ -243,6 +243,9 @@ class _DaskRun:
         self.window = executor.window or 2
         self.run_id = uuid.uuid4().hex
         self.futures: dict[int, Any] = {}
+        # The futures change in the thread of completed() and are read by
+        # stop(), which may run while an abandoned completed() still does.
+        self._futures_lock = threading.Lock()
         self.scope: Any = None
         self._beating = threading.Event()
         self._heart: threading.Thread | None = None
@@ -276,8 +279,10 @@ class _DaskRun:
         distributed = _distributed()
         try:
             self._stop.set()
-            if self.futures:
-                distributed.wait(list(self.futures.values()), timeout=ACK_TIMEOUT)
+            with self._futures_lock:
+                futures = list(self.futures.values())
+            if futures:
+                distributed.wait(futures, timeout=ACK_TIMEOUT)
         except Exception:  # timed out, or the cluster is away: nothing to wait for
             pass
         self.close()
@@ -294,16 +299,18 @@ class _DaskRun:
         except Exception:
             pass
         self.executor._retire(self.run_id)
-        for future in self.futures.values():
+        with self._futures_lock:
+            futures = list(self.futures.values())
+            self.futures.clear()
+        for future in futures:
             future.release()
-        self.futures.clear()
         if isinstance(self.scope, dict):
             for future in self.scope.values():
                 future.release()
 
     # -- the ChunkSession protocol --------------------------------------------------
     def submit(self, number: int, elements: list[Any]) -> None:
-        self.futures[number] = self.client.submit(
+        future = self.client.submit(
             run_chunk,
             self.spec,
             self.run_id,
@@ -312,13 +319,16 @@ class _DaskRun:
             key=f"plait-chunk-{self.run_id}-{number}",
             pure=False,
         )
+        with self._futures_lock:
+            self.futures[number] = future
 
     async def completed(self) -> list[tuple[int, ChunkOutcome]]:
         return await anyio.to_thread.run_sync(self._completed, abandon_on_cancel=True)
 
     def _completed(self) -> list[tuple[int, ChunkOutcome]]:
         distributed = _distributed()
-        pending = dict(self.futures)
+        with self._futures_lock:
+            pending = dict(self.futures)
         by_future = {id(f): n for n, f in pending.items()}
         while True:
             try:
@@ -339,7 +349,8 @@ class _DaskRun:
         out = []
         for future, outcome in zip(finished, outcomes, strict=True):
             number = by_future[id(future)]
-            del self.futures[number]
+            with self._futures_lock:
+                self.futures.pop(number, None)
             future.release()
             out.append((number, outcome))
         return out

@@ -21,7 +21,11 @@ from .._model._errors import WorkflowError
 from .._model._steps import Workflow
 from .._runtime._executor import RemoteTask
 
-__all__ = ["WireSpec", "wire_spec"]
+__all__ = ["STALE_AFTER", "WireSpec", "wire_spec"]
+
+# Seconds without a coordinator heartbeat after which a run's chunks stop
+# themselves (the coordinator bumps it every second).
+STALE_AFTER = 15.0
 
 
 @attrs.frozen
@@ -32,11 +36,14 @@ class WireSpec:
         document: the chunk step, in :func:`plait.dump` YAML form.
         event_kinds: the event kinds the coordinator wants back.
         max_concurrency: the worker engine's ``max_concurrency``.
+        stale_after: seconds without a heartbeat of the coordinator after
+            which the run's chunks stop themselves.
     """
 
     document: str
     event_kinds: frozenset[str]
     max_concurrency: int
+    stale_after: float = STALE_AFTER
 
 
 def wire_spec(task: RemoteTask) -> WireSpec:

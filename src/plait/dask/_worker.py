@@ -11,7 +11,7 @@ process keeps a :class:`_Watch` per coordinator run it has chunks of: one
 thread that waits on the run's ``distributed.Event`` (set by the
 coordinator to stop the run) and reads the run's heartbeat ``Variable``
 (bumped by the coordinator every second). When the event is set, or the
-heartbeat stays still for ``STALE_AFTER`` seconds (its coordinator is gone),
+heartbeat stays still for ``WireSpec.stale_after`` seconds (its coordinator is gone),
 the watch cancels every chunk of the run in this process and every chunk
 of it that starts afterwards returns at once.
 """
@@ -41,10 +41,8 @@ from .._runtime._engine import Engine
 from .._runtime._executor import CHUNK_VAR, ChunkOutcome
 from ._wire import WireSpec
 
-__all__ = ["STALE_AFTER", "check_document", "run_chunk", "stop_name", "beat_name"]
+__all__ = ["beat_name", "check_document", "run_chunk", "stop_name"]
 
-# Seconds without a heartbeat after which a run's chunks stop themselves.
-STALE_AFTER = 15.0
 # How long a watch thread waits on the stop event between heartbeat reads.
 _POLL = 0.5
 # Seconds a watch outlives its run's last chunk here, running or stopped.
@@ -80,7 +78,7 @@ def run_chunk(
     spec: WireSpec, run_id: str, scope: dict[str, Any], elements: list[Any]
 ) -> ChunkOutcome:
     """Run the chunk step over ``elements``; runs in a Dask worker's thread."""
-    watch = _WATCHES.join(run_id)
+    watch = _WATCHES.join(run_id, spec.stale_after)
     try:
         if watch.stopped:
             return ChunkOutcome(stopped=True)
@@ -205,8 +203,9 @@ class _Watch:
     too: its watches then end at once.
     """
 
-    def __init__(self, run_id: str, registry: _Watches) -> None:
+    def __init__(self, run_id: str, registry: _Watches, stale_after: float) -> None:
         self.run_id = run_id
+        self.stale_after = stale_after
         self.registry = registry
         self.users = 0
         self.idle_since = time.monotonic()
@@ -256,7 +255,7 @@ class _Watch:
             now = time.monotonic()
             if value != last:
                 last, seen = value, now
-            elif now - seen > STALE_AFTER:
+            elif now - seen > self.stale_after:
                 break
             if self.registry.retire(self, _IDLE):
                 return
@@ -283,12 +282,12 @@ class _Watches:
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
 
-    def join(self, run_id: str) -> _Watch:
+    def join(self, run_id: str, stale_after: float) -> _Watch:
         with self._lock:
             self._forget_stopped()
             watch = self._watches.get(run_id)
             if watch is None:
-                watch = self._watches[run_id] = _Watch(run_id, self)
+                watch = self._watches[run_id] = _Watch(run_id, self, stale_after)
                 watch.start()
             watch.users += 1
             return watch

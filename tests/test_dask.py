@@ -331,3 +331,12 @@ def test_the_chunks_of_a_silent_coordinator_stop_themselves(
     assert outcome.stopped
     assert time.monotonic() - started < 4.5  # before the 5 s calls end
     assert [what for what, _, _ in _log_lines(log)] == ["start"] * 3
+
+
+def test_elements_that_do_not_pickle_fail_the_step(executor: DaskExecutor) -> None:
+    import threading
+
+    step = Sequential(Call(T.inc, 1), MapReduce(Var("xs"), T.inc, remote=True))
+    with pytest.raises(plait.StepFailed, match="pickle|serialize") as info:
+        plait.run(step, {"xs": [threading.Lock()]}, executor=executor)
+    assert info.value.path == "steps[1]"

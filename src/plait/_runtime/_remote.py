@@ -165,12 +165,23 @@ class _RemoteRun(MapRun):
                 chunk = await self._pull_chunk(size)
                 if chunk:
                     starts[number] = first
-                    session.submit(number, chunk)
+                    try:
+                        session.submit(number, chunk)
+                    except Exception as error:  # the elements do not pickle...
+                        raise self._failed(error) from error
                     number += 1
             if not starts:
                 return
-            for done, outcome in await session.completed():
+            try:
+                completed = await session.completed()
+            except Exception as error:  # a chunk's task itself failed
+                raise self._failed(error) from error
+            for done, outcome in completed:
                 self._take(starts.pop(done), outcome)
+
+    def _failed(self, error: BaseException) -> StepFailed:
+        """The executor failed: the remote map step fails, at its own path."""
+        return StepFailed(fill(self.remote.template, self.loc), error)
 
     async def _pull_chunk(self, size: int) -> list[Any]:
         """Up to ``size`` elements; fewer when the input ends (or fails)."""
@@ -206,12 +217,11 @@ class _RemoteRun(MapRun):
         if outcome.error is not None:
             error = self._relocate_error(outcome.error, first)
             if error is outcome.error:
-                raise StepFailed(fill(self.remote.template, self.loc), error) from error
+                raise self._failed(error) from error
             raise error
         if outcome.values is None:
-            raise StepFailed(
-                fill(self.remote.template, self.loc),
-                RuntimeError("a chunk of the remote map was stopped by its worker"),
+            raise self._failed(
+                RuntimeError("a chunk of the remote map was stopped by its worker")
             )
         keep = self.spec.reduce_fn is None
         failures = self.spec.failures

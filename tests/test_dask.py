@@ -337,6 +337,6 @@ def test_elements_that_do_not_pickle_fail_the_step(executor: DaskExecutor) -> No
     import threading
 
     step = Sequential(Call(T.inc, 1), MapReduce(Var("xs"), T.inc, remote=True))
-    with pytest.raises(plait.StepFailed, match="pickle|serialize") as info:
+    with pytest.raises(plait.StepFailed, match=r"pickle|serialize") as info:
         plait.run(step, {"xs": [threading.Lock()]}, executor=executor)
     assert info.value.path == "steps[1]"

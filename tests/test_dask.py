@@ -340,3 +340,44 @@ def test_elements_that_do_not_pickle_fail_the_step(executor: DaskExecutor) -> No
     with pytest.raises(plait.StepFailed, match=r"pickle|serialize") as info:
         plait.run(step, {"xs": [threading.Lock()]}, executor=executor)
     assert info.value.path == "steps[1]"
+
+
+def test_a_registry_limit_is_refused_too(executor: DaskExecutor) -> None:
+    registry = plait.LimiterRegistry()
+    registry.set_limit("tool:inc", 1)
+    engine = Engine(tools=[T.inc], limiters=registry, executor=executor)
+    step = MapReduce(Var("xs"), "inc", remote=True)
+    with pytest.raises(plait.ConfigError, match=r"'inc'.*Engine\.limiters"):
+        anyio.run(engine.run, step, {"xs": [1]})
+
+
+@pytest.mark.anyio
+async def test_async_with_leaves_a_given_cluster_running(client: Any) -> None:
+    async with DaskExecutor(client, chunk_size=2) as ex:
+        step = MapReduce(Var("xs"), T.inc, remote=True)
+        assert await Engine(executor=ex).run(step, {"xs": [1, 2, 3]}) == [2, 3, 4]
+    assert client.status == "running"
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = ex.client
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_an_owned_local_cluster_starts_on_loopback_and_closes() -> None:
+    with DaskExecutor(chunk_size=2) as ex:
+        step = MapReduce(Var("xs"), T.inc, remote=True)
+        assert plait.run(step, {"xs": [1, 2, 3]}, executor=ex) == [2, 3, 4]
+        cluster = ex._cluster
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in ex.client.nthreads())
+    assert cluster.status.name == "closed"
+
+
+def test_bad_executor_options_are_config_errors() -> None:
+    with pytest.raises(plait.ConfigError, match="chunk_size"):
+        DaskExecutor(chunk_size=0)
+    with pytest.raises(plait.ConfigError, match="limits"):
+        DaskExecutor(limits="everywhere")
+    with pytest.raises(plait.ConfigError, match="client"):
+        DaskExecutor(42)  # type: ignore[arg-type]
+    with pytest.raises(plait.ConfigError, match="executor"):
+        Engine(executor=object())  # type: ignore[arg-type]

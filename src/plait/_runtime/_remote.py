@@ -78,6 +78,7 @@ def remote_runner(
     body = rewrite.step(step.map, plain + ".map")
     check_remote_limits(
         rewrite.tools.values(),
+        registry_limited=rewrite.limited,
         engine_rate_limited=run.engine_bucket is not None,
         mode=executor.limits,
         path=plain,
@@ -275,12 +276,17 @@ class _Rewrite:
         self.functions = functions
         self.plain = plain
         self.tools: dict[str, Tool] = {}
+        self.limited: set[str] = set()
 
     def step(self, step: Step, path: str) -> Step:
         options: dict[str, Any] = {"name": step.name, "timeout": step.timeout}
         if isinstance(step, Call):
-            tool = self.lookup(step, path).tool
+            runtime = self.lookup(step, path)
+            tool = runtime.tool
             self.tools[tool.name] = tool
+            if runtime.limiter is not None and math.isfinite(runtime.limiter.total):
+                # A limit set in the engine's LimiterRegistry holds here only.
+                self.limited.add(tool.name)
             return Call(
                 tool,
                 *(self.value(a) for a in step.args),

@@ -21,6 +21,7 @@ __all__ = ["check_remote_limits"]
 def check_remote_limits(
     tools: Iterable[Tool],
     *,
+    registry_limited: Iterable[str] = (),
     engine_rate_limited: bool,
     mode: str,
     shared: bool = False,
@@ -30,6 +31,8 @@ def check_remote_limits(
 
     Args:
         tools: the tools the remote map step calls.
+        registry_limited: the names of those tools with a concurrency limit
+            held by the engine's limiters (``Engine(limiters=...)``).
         engine_rate_limited: the engine has a ``rate_limit``.
         mode: the executor's ``limits``: ``"shared"`` or ``"per-worker"``.
         shared: the engine holds its limits on a server, exact across
@@ -54,6 +57,11 @@ def check_remote_limits(
                     f"tool {tool.name!r}{where} has a {option} that would not hold "
                     f"across worker processes; {fixes}"
                 )
+    for name in sorted(registry_limited):
+        raise ConfigError(
+            f"tool {name!r}{where} has a concurrency limit in Engine.limiters that "
+            f"would not hold across worker processes; {fixes}"
+        )
     if engine_rate_limited:
         raise ConfigError(
             f"Engine.rate_limit would not hold across worker processes{where}; {fixes}"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import _dask_tools as T
 import plait
-from plait import Call, Engine, Fn, MapReduce, Parallel, Sequential, Var
+from plait import Call, Engine, Failure, Fn, MapReduce, Parallel, Sequential, Var
 
 distributed = pytest.importorskip("distributed")
 
@@ -137,6 +137,68 @@ def test_same_result_locally_and_remotely(
     # In raise mode, chunks run at once: when several elements fail, which
     # one is raised may differ from a local run; that one fails is the same.
     assert remote == local
+
+
+@pytest.mark.anyio
+async def test_remote_map_on_every_backend(executor: DaskExecutor) -> None:
+    seen: list[plait.Event] = []
+    engine = Engine(tools=[T.inc], executor=executor)
+    step = MapReduce(Var("xs"), "inc", reduce=plus, initial=0, remote=True)
+    with engine.subscribe(seen.append, ["call.finished"]):
+        result = await engine.run(step, {"xs": list(range(50))})
+    assert result == sum(range(1, 51))
+    # The workers' call events come back with the coordinator's paths.
+    assert sorted(e.path for e in seen) == sorted(f"map[{i}]" for i in range(50))
+    assert {e.tool for e in seen} == {"inc"}
+
+
+@pytest.mark.anyio
+async def test_without_an_executor_a_remote_map_runs_locally() -> None:
+    step = MapReduce(Var("xs"), T.pid, remote=True)
+    import os
+
+    assert await Engine().run(step, {"xs": [1, 2]}) == [os.getpid()] * 2
+
+
+def test_chunks_run_in_the_worker_processes(executor: DaskExecutor) -> None:
+    step = MapReduce(Var("xs"), T.pid, remote=True)
+    pids = plait.run(step, {"xs": list(range(40))}, executor=executor)
+    assert len(pids) == 40
+    assert set(pids) <= {
+        p for p in executor.client.run(lambda: __import__("os").getpid()).values()
+    }
+
+
+def test_failure_paths_are_the_coordinators(executor: DaskExecutor) -> None:
+    executor.chunk_size = 4
+    step = Sequential(
+        Call(T.inc, 1, name="one"),
+        MapReduce(
+            Var("xs"), Call(T.fail_on, Var("item")), on_error="collect", remote=True
+        ),
+    )
+    result = anyio.run(
+        lambda: Engine(executor=executor).execute(step, {"xs": list(range(25))})
+    )
+    assert [f.path for f in result.failures] == [
+        "steps[1].map[3]",
+        "steps[1].map[13]",
+        "steps[1].map[23]",
+    ]
+    assert all(isinstance(f.error, T.Boom) for f in result.failures)
+    assert isinstance(result.output[13], Failure)
+
+
+def test_an_unpicklable_error_arrives_as_remote_error(executor: DaskExecutor) -> None:
+    step = MapReduce(Var("xs"), T.fail_unpicklable, on_error="collect", remote=True)
+    out = plait.run(step, {"xs": [1, 2, 3]}, executor=executor)
+    failure = out[1]
+    assert isinstance(failure, Failure)
+    assert failure.path == "map[1]"
+    assert isinstance(failure.error, plait.RemoteError)
+    assert failure.error.type_name == "_dask_tools.Unpicklable"
+    assert "cannot travel 2" in failure.error.message
+    assert "fail_unpicklable" in failure.error.traceback
 
 
 # -- refused before the run ------------------------------------------------------

@@ -183,3 +183,9 @@ def test_backpressure_script_end_to_end(
     assert overhead["bare_us"] > 0
     assert overhead["plait_us"] > 0
     assert len(overhead["plait_samples_us"]) == 1
+
+
+def test_remote_benchmark_runs() -> None:
+    pytest.importorskip("distributed")
+    remote = _load("remote")
+    assert remote.main(["--quick", "--elements", "512"]) == 0

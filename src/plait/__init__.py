@@ -19,6 +19,7 @@ from ._model._errors import (
     ExpressionError,
     PlaitError,
     RateLimited,
+    RemoteError,
     StepFailed,
     StepTimeout,
     ToolTimeout,
@@ -93,6 +94,7 @@ __all__ = [
     "ToolTimeout",
     "StepTimeout",
     "StepFailed",
+    "RemoteError",
 ]
 
 publish(__name__, globals())

@@ -35,6 +35,7 @@ from .._model._validate import (
 )
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
+from ._executor import Executor
 from ._resources import run_resources
 
 __all__ = ["Engine"]
@@ -67,6 +68,9 @@ class Engine:
             concurrency limits (key ``tool:<name>``), to share them with
             other engines, threads or event loops. By default the engine
             keeps its own.
+        executor: where the elements of ``MapReduce(..., remote=True)``
+            steps run, such as a :class:`plait.dask.DaskExecutor`; without
+            one they run locally.
 
     An engine may run several workflows at once, from one event loop; they
     share its limits. It works on asyncio, uvloop and Trio, inside the
@@ -81,6 +85,7 @@ class Engine:
         rate_limit: RateLimit | None = None,
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
         _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
@@ -90,6 +95,7 @@ class Engine:
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
+        self.executor = _check_executor(executor)
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
         self._bucket = TokenBucket(rate_limit) if rate_limit is not None else None
@@ -261,7 +267,11 @@ class Engine:
         deadline = check_seconds(deadline, "deadline")
         run = self._new_run()
         root = Compiler(
-            run, self._call_lookup, self._functions, self.max_concurrency
+            run,
+            self._call_lookup,
+            self._functions,
+            self.max_concurrency,
+            executor=self.executor,
         ).compile(step, "", frozenset(scope))
         started = time.perf_counter()
         until = math.inf if deadline is None else anyio.current_time() + deadline
@@ -374,3 +384,14 @@ class Engine:
                 )
         finally:
             self.abandoned_threads += run.abandoned_threads
+
+
+def _check_executor(executor: Executor | None) -> Executor | None:
+    if executor is not None and not all(
+        hasattr(executor, a) for a in ("limits", "prepare", "session")
+    ):
+        raise ConfigError(
+            "Engine.executor must be an executor such as "
+            f"plait.dask.DaskExecutor(), got {executor!r}"
+        )
+    return executor

@@ -199,3 +199,24 @@ async def test_adaptive_http_keeps_429s_rare_and_throughput_high(
             f"{naive.throughput() / server.rate:.0%} of quota"
         )
     print(line)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        ("application/json", "é".encode(), "é"),
+        ("text/plain; charset=latin-1", "é".encode("latin-1"), "é"),
+        ('text/plain; charset="UTF-8"; format=flowed', "é".encode(), "é"),
+        ("text/plain; charset=no-such-charset", b"abc", "abc"),
+        ("text/plain", b"\xff", "\ufffd"),
+    ],
+)
+def test_the_body_is_decoded_in_its_charset(
+    content_type: str, body: bytes, text: str
+) -> None:
+    import httpx
+
+    from plait.tools._http import _text
+
+    response = httpx.Response(200, headers={"content-type": content_type}, content=body)
+    assert _text(response) == text

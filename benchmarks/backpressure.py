@@ -156,7 +156,8 @@ def measure_overhead(
     Both make their client, pooled, and close it within the time measured.
     """
     urls = [url] * requests
-    _run(backend, _bare, urls[:50])  # warm the imports and the server
+    for fn in (_bare, _with_plait):  # warm the imports, TLS settings and server
+        _run(backend, fn, urls[:50])
     samples: dict[Any, list[tuple[float, float]]] = {_bare: [], _with_plait: []}
     for i in range(repeat):
         order = (_bare, _with_plait) if i % 2 == 0 else (_with_plait, _bare)

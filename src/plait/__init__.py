@@ -16,6 +16,8 @@ from ._io import dump, json_schema, load
 from ._model._errors import (
     ConfigError,
     ExpressionError,
+    LeaseLost,
+    LimitBackendUnavailable,
     PlaitError,
     StepFailed,
     StepTimeout,
@@ -88,6 +90,8 @@ __all__ = [
     "ToolTimeout",
     "StepTimeout",
     "StepFailed",
+    "LimitBackendUnavailable",
+    "LeaseLost",
 ]
 
 publish(__name__, globals())

@@ -19,7 +19,7 @@ from .._model._errors import StepFailed
 from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._retry import Retry
-from ._admission import admission
+from ._admission import Admission, admission
 from ._attempt import (
     Attempt,
     OnFailure,
@@ -33,6 +33,7 @@ from ._invoker import Invoker
 from ._middleware import with_middleware
 from ._report import CallReport
 from ._retry import with_retry
+from ._shared import leased, shared_admission
 
 __all__ = ["Lean", "Pipeline", "compose", "compose_pipeline"]
 
@@ -89,20 +90,70 @@ def compose_pipeline(
     finish = _finisher(report, step_errors)
     layered = retry is not None or bool(run.middleware)
     limiters, buckets = _limits(rt, run)
-    steps = Steps(
-        admission(limiters, buckets, lease=_lease(rt, run)),
-        report,
-        None if layered else finish,
-    )
+    admit = _admission(rt, run, limiters, buckets, report)
+    steps = Steps(admit, report, None if layered else finish)
     attempt = _attempt(rt, run, steps, timeout)
     if run.middleware:
-        attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
+        attempt = with_middleware(
+            attempt,
+            tool,
+            run.middleware,
+            limiters,
+            buckets,
+            *_shared_extra(run, report),
+        )
     if retry is not None:
         return Pipeline(with_retry(attempt, retry, report, finish), None)
     if layered:  # middleware alone: one attempt, counted and finished as a call
         return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
     lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
+    if run.shared_limits is not None:
+        lean = None  # a shared lease may be lost: the attempt watches for it
     return Pipeline(attempt, lean)
+
+
+def _admission(
+    rt: ToolRuntime,
+    run: RunContext,
+    limiters: tuple[Limiter, ...],
+    buckets: tuple[TokenBucket, ...],
+    report: CallReport,
+) -> Admission:
+    """The call's admission: shared when the engine has shared limits."""
+    if run.shared_limits is not None:
+        shared = shared_admission(
+            run.shared_limits,
+            limiters,
+            buckets,
+            engine_limiter=run.engine_limiter,
+            report=report,
+        )
+        if shared is not None:
+            return shared
+    return admission(limiters, buckets, lease=_lease(rt, run))
+
+
+def _shared_extra(
+    run: RunContext, report: CallReport
+) -> tuple[Callable[[tuple[Limiter, ...], tuple[TokenBucket, ...]], Admission], ...]:
+    """How middleware-added limits are admitted, when they may be shared."""
+    shared = run.shared_limits
+    if shared is None:
+        return ()
+
+    def make(
+        limiters: tuple[Limiter, ...], buckets: tuple[TokenBucket, ...]
+    ) -> Admission:
+        found = shared_admission(
+            shared,
+            limiters,
+            buckets,
+            engine_limiter=run.engine_limiter,
+            report=report,
+        )
+        return found if found is not None else admission(limiters, buckets)
+
+    return (make,)
 
 
 def _limits(
@@ -148,6 +199,8 @@ def _attempt(
             thread_releases=run.slots_follow_threads,
         )
         task_releases = not run.slots_follow_threads
+    if run.shared_limits is not None:
+        call = leased(call, steps.report)
     return build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
 
 

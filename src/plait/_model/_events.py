@@ -36,6 +36,8 @@ class EventKind(enum.StrEnum):
     CALL_RATE_LIMITED = "call.rate_limited"
     CALL_TIMED_OUT = "call.timed_out"
     THREAD_ABANDONED = "call.thread_abandoned"
+    LEASE_LOST = "call.lease_lost"
+    LIMIT_CONFLICT = "limits.conflict"
 
     def __str__(self) -> str:
         return self.value

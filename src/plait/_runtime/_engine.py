@@ -12,6 +12,7 @@ import anyio
 from .._calls._compose import compose
 from .._calls._context import RunContext, ToolRuntime
 from .._calls._middleware import Middleware
+from .._calls._shared import SharedLimits
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
 from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
@@ -42,6 +43,9 @@ FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
 
 _RATE_LIMIT = instance_of(RateLimit).or_none()
 _REGISTRY = instance_of(LimiterRegistry).or_none()
+_SHARED = instance_of(
+    SharedLimits, "shared-limits backend such as plait.redis.RedisLimits"
+).or_none()
 _ON_ERROR = one_of("raise", "collect")
 
 
@@ -64,6 +68,13 @@ class Engine:
             concurrency limits (key ``tool:<name>``), to share them with
             other engines, threads or event loops. By default the engine
             keeps its own.
+        shared_limits: limits held by a server for every engine, process
+            and machine that uses it, such as
+            :class:`plait.redis.RedisLimits`: every tool's
+            ``concurrency_limit`` and ``rate_limit``, the engine's
+            ``rate_limit`` and the :class:`plait.KeyedLimit` /
+            :class:`plait.KeyedRateLimit` limits then hold across all of
+            them; ``max_concurrency`` stays this engine's own.
 
     An engine may run several workflows at once, from one event loop; they
     share its limits. It works on asyncio, uvloop and Trio, inside the
@@ -78,18 +89,23 @@ class Engine:
         rate_limit: RateLimit | None = None,
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
         _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
         _REGISTRY.check(limiters, "Engine.limiters")
+        _SHARED.check(shared_limits, "Engine.shared_limits")
         for i, mw in enumerate(middleware):
             CALLABLE.check(mw, f"Engine.middleware[{i}]")
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
+        self.shared_limits = shared_limits
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
-        self._bucket = TokenBucket(rate_limit) if rate_limit is not None else None
+        self._bucket = (
+            TokenBucket(rate_limit, "engine") if rate_limit is not None else None
+        )
         self._tools: dict[str, ToolRuntime] = {}
         self._adhoc: dict[str, ToolRuntime] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -168,7 +184,9 @@ class Engine:
                 limiter.total = tool.concurrency_limit
         elif tool.concurrency_limit is not None:
             limiter = Limiter(tool.concurrency_limit, f"tool:{tool.name}")
-        bucket = TokenBucket(tool.rate_limit) if tool.rate_limit is not None else None
+        bucket = None
+        if tool.rate_limit is not None:
+            bucket = TokenBucket(tool.rate_limit, f"tool:{tool.name}")
         return ToolRuntime(tool, limiter, bucket)
 
     def _lookup(self, target: str | Tool, path: str) -> ToolRuntime:
@@ -218,6 +236,7 @@ class Engine:
             # No bound of its own: the tools' and the engine's limits bound
             # the threads (see docs/explanation/design.md).
             thread_limiter=Limiter(None, "worker threads"),
+            shared_limits=self.shared_limits,
         )
 
     def _stats(self, run: RunContext, started: float) -> RunStats:

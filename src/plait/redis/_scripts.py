@@ -1,0 +1,163 @@
+"""The Lua scripts that keep shared limits on the Redis server.
+
+Every key of a namespace carries the hash tag ``{namespace}``, so all of
+them live in one hash slot (Redis Cluster runs each script on one node).
+Time is always the server's (``TIME``, in microseconds): clients' clocks
+never enter the arithmetic.
+
+Keys of namespace ``ns``:
+
+* ``{ns}:slot:<name>``: a sorted set of leases, scored by expiry time. A
+  slot is free when the set, once expired leases are dropped, has fewer
+  members than the limit.
+* ``{ns}:rate:<name>``: a bucket, as GCRA keeps it: one number, the
+  theoretical arrival time (TAT) of the next call. O(1) per call whatever
+  the rate.
+* ``{ns}:slotq:<name>`` / ``{ns}:rateq:<name>``: the processes' waiters
+  refused by that limit, scored by when they joined: a release wakes only
+  the first (one ``PUBLISH`` to its process), and waiters for tokens are
+  told to come back one token apart, in order, instead of all at once.
+* ``{ns}:limits``: limits stored with ``RedisLimits.set_limit``; they win
+  over what processes declare.
+* ``{ns}:declared``: the last value each limit was declared with, to warn
+  when two processes declare one limit differently.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ADMIT", "LEAVE", "RELEASE", "RENEW"]
+
+# KEYS: limits, declared, then (slot, slotq) per slot, then (rate, rateq) per
+# bucket. ARGV: lease, waiter, ttl_us, n_slots, n_rates, poll_us, then
+# (name, limit) per slot, then (name, interval_us, capacity, text) per bucket.
+# Returns {status, wait_us, conflicting names...}: status 1 admitted (every
+# slot and token taken), 0 a slot is busy (wait for a release notice, at most
+# wait_us), 2 a bucket is empty (come back in wait_us).
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease, waiter = ARGV[1], ARGV[2]
+local ttl, nslots, nrates = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local poll = tonumber(ARGV[6])
+local stale = now - 10000000
+local conflicts = {}
+
+local function declare(field, value)
+  local seen = redis.call('HGET', KEYS[2], field)
+  if seen ~= value then
+    if seen then conflicts[#conflicts + 1] = field end
+    redis.call('HSET', KEYS[2], field, value)
+  end
+  return redis.call('HGET', KEYS[1], field)
+end
+
+local function queue(q)
+  redis.call('ZREMRANGEBYSCORE', q, '-inf', stale)
+  redis.call('ZADD', q, 'NX', now, waiter)
+  redis.call('PEXPIRE', q, 60000)
+  return redis.call('ZRANK', q, waiter)
+end
+
+local function refuse(status, wait)
+  local out = {status, math.max(1000, math.ceil(wait))}
+  for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
+  return out
+end
+
+local a = 7
+for i = 1, nslots do
+  local name, limit = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  local stored = declare('slot:' .. name, limit)
+  if stored then limit = stored end
+  local key = KEYS[1 + 2 * i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(limit) then
+    queue(KEYS[2 + 2 * i])
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local wait = poll
+    if first[2] then wait = math.min(poll, tonumber(first[2]) - now) end
+    return refuse(0, wait)
+  end
+end
+
+local base = 2 + 2 * nslots
+local tats, intervals = {}, {}
+for j = 1, nrates do
+  local name, interval, capacity, text = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  a = a + 4
+  local stored = declare('rate:' .. name, text)
+  interval, capacity = tonumber(interval), tonumber(capacity)
+  if stored then
+    local si, sc = string.match(stored, '^(%S+) (%S+)')
+    if si then interval, capacity = tonumber(si), tonumber(sc) end
+  end
+  local tat = tonumber(redis.call('GET', KEYS[base + 2 * j - 1]) or now)
+  if tat < now then tat = now end
+  local over = tat - (capacity - 1) * interval - now
+  if over > 0 then
+    local rank = queue(KEYS[base + 2 * j])
+    return refuse(2, over + rank * interval)
+  end
+  tats[j], intervals[j] = tat, interval
+end
+
+local ttl_ms = math.ceil(ttl / 1000) + 1000
+for i = 1, nslots do
+  redis.call('ZADD', KEYS[1 + 2 * i], now + ttl, lease)
+  redis.call('PEXPIRE', KEYS[1 + 2 * i], ttl_ms)
+  redis.call('ZREM', KEYS[2 + 2 * i], waiter)
+end
+for j = 1, nrates do
+  local tat = tats[j] + intervals[j]
+  redis.call('SET', KEYS[base + 2 * j - 1], tostring(tat), 'PX',
+             math.ceil((tat - now) / 1000) + 1000)
+  redis.call('ZREM', KEYS[base + 2 * j], waiter)
+end
+local out = {1, 0}
+for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
+return out
+"""
+
+# KEYS: (slot, slotq) per slot. ARGV: lease, wake channel prefix. Each slot
+# freed wakes the first waiter of its queue whose process still listens.
+RELEASE = """
+for i = 1, #KEYS / 2 do
+  if redis.call('ZREM', KEYS[2 * i - 1], ARGV[1]) == 1 then
+    while true do
+      local head = redis.call('ZPOPMIN', KEYS[2 * i])
+      if not head[1] then break end
+      local client = string.match(head[1], '^([^|]+)|')
+      if client and redis.call('PUBLISH', ARGV[2] .. client, head[1]) > 0 then
+        break
+      end
+    end
+  end
+end
+return 0
+"""
+
+# KEYS: one slot key per lease. ARGV: ttl_us, then the lease in each key.
+# Returns 1 per lease renewed, 0 per lease found gone.
+RENEW = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+local ttl_ms = math.ceil(tonumber(ARGV[1]) / 1000) + 1000
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], expiry, ARGV[i + 1])
+    redis.call('PEXPIRE', KEYS[i], ttl_ms)
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: wait queues. ARGV: waiter. A waiter that gave up leaves its queues.
+LEAVE = """
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 0
+"""

@@ -113,6 +113,9 @@ class RedisLimits:
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._live: _Live | None = None
+        # Admit through the sync client on worker threads on every backend,
+        # not asyncio's own client on asyncio (benchmarks compare the two).
+        self._threads_only = False
 
     def __repr__(self) -> str:
         return (
@@ -205,11 +208,15 @@ class _Live:
         self.channel = f"{self.prefix}wake:"
         self.ttl_us = int(config.lease_ttl * 1e6)
         self.poll_us = int(min(POLL_SECONDS, config.lease_ttl / 3) * 1e6)
-        self.conn = Connection(config.url, config.timeout)
+        self.conn = Connection(
+            config.url, config.timeout, threads_only=config._threads_only
+        )
         self._lock = threading.Lock()
         self._doors: dict[tuple[tuple[str, ...], tuple[str, ...]], _Door] = {}
         self._by_id: dict[int, _Door] = {}
         self._held: dict[str, _Held] = {}
+        self._releasing: list[_Held] = []
+        self._flushing = False
         self._leases = itertools.count()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -245,10 +252,37 @@ class _Live:
         return held
 
     def release(self, held: _Held) -> None:
+        """Give ``held`` back soon, from a worker thread, never blocking.
+
+        Releases that pile up while one is on its way go together, in one
+        script call.
+        """
         with self._lock:
             self._held.pop(held.lease, None)
-        keys = [k for pair in zip(held.keys, held.queues, strict=True) for k in pair]
-        self.background(_scripts.RELEASE, keys, [held.lease, self.channel])
+            self._releasing.append(held)
+            if self._flushing:
+                return
+            self._flushing = True
+        submit(self._flush)
+
+    def _flush(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._releasing = self._releasing, []
+                if not batch:
+                    self._flushing = False
+                    return
+            keys: list[str] = []
+            args: list[Any] = [self.channel]
+            for held in batch:
+                for pair in zip(held.keys, held.queues, strict=True):
+                    keys += pair
+                    args.append(held.lease)
+            try:
+                self.conn.sync_script(_scripts.RELEASE, keys, args)
+            except Exception as exc:
+                # The leases run out on their own within lease_ttl.
+                logger.warning("plait.redis: could not release shared slots: %s", exc)
 
     def background(self, script: str, keys: list[str], args: list[Any]) -> None:
         """Run ``script`` on a worker thread; a failure is only logged."""

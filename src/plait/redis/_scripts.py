@@ -119,16 +119,17 @@ for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
 return out
 """
 
-# KEYS: (slot, slotq) per slot. ARGV: lease, wake channel prefix. Each slot
-# freed wakes the first waiter of its queue whose process still listens.
+# KEYS: (slot, slotq) per slot of each lease released. ARGV: the wake channel
+# prefix, then the lease held in each pair. Each slot freed wakes the first
+# waiter of its queue whose process still listens.
 RELEASE = """
 for i = 1, #KEYS / 2 do
-  if redis.call('ZREM', KEYS[2 * i - 1], ARGV[1]) == 1 then
+  if redis.call('ZREM', KEYS[2 * i - 1], ARGV[i + 1]) == 1 then
     while true do
       local head = redis.call('ZPOPMIN', KEYS[2 * i])
       if not head[1] then break end
       local client = string.match(head[1], '^([^|]+)|')
-      if client and redis.call('PUBLISH', ARGV[2] .. client, head[1]) > 0 then
+      if client and redis.call('PUBLISH', ARGV[1] .. client, head[1]) > 0 then
         break
       end
     end

@@ -329,6 +329,15 @@ def test_bad_configuration_is_refused(kwargs: dict[str, object], message: str) -
         RedisLimits(url, **args)  # type: ignore[arg-type]
 
 
+def test_the_new_errors_pickle_and_are_os_errors() -> None:
+    for error in (plait.LeaseLost("search"), plait.LimitBackendUnavailable("gone")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert isinstance(copy, OSError)
+        assert isinstance(copy, plait.PlaitError)
+
+
 def test_engine_refuses_a_shared_limits_that_is_not_one() -> None:
     with pytest.raises(plait.ConfigError, match=r"Engine\.shared_limits"):
         Engine(shared_limits="redis://x")  # type: ignore[arg-type]

@@ -138,7 +138,7 @@ class RedisLimits:
             return live
 
     def door(self, slots: tuple[str, ...], rates: tuple[str, ...]) -> Door:
-        """The door of calls under these shared slots and buckets (internal)."""
+        # The SharedLimits protocol: engines call it, users have no need to.
         return self._process().door(slots, rates)
 
     def set_limit(self, name: str, limit: int | RateLimit | None) -> None:

@@ -113,9 +113,10 @@ class RedisLimits:
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._live: _Live | None = None
-        # Admit through the sync client on worker threads on every backend,
-        # not asyncio's own client on asyncio (benchmarks compare the two).
-        self._threads_only = False
+        # Admit through the sync client on worker threads on every backend;
+        # False: through redis-py's asyncio client on asyncio (see
+        # _transport.py; benchmarks/shared_limits.py compares the two).
+        self._threads_only = True
 
     def __repr__(self) -> str:
         return (
@@ -163,7 +164,7 @@ class RedisLimits:
         if limit is None:
             live.conn.sync_call(lambda r: r.hdel(key, f"slot:{name}", f"rate:{name}"))
         elif isinstance(limit, RateLimit):
-            value = f"{_interval_us(limit)!r} {limit.capacity!r}"
+            value = _rate_text(limit)
             live.conn.sync_call(lambda r: r.hset(key, f"rate:{name}", value))
         elif isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
             live.conn.sync_call(lambda r: r.hset(key, f"slot:{name}", str(limit)))
@@ -428,7 +429,7 @@ _NO_SLOTS = _NoSlots()
 class _Door:
     """One process's gate and notice bell for one set of shared limits."""
 
-    __slots__ = ("_keys", "bell", "gate", "id", "live", "waiter")
+    __slots__ = ("_hint", "_keys", "bell", "gate", "id", "live", "waiter")
 
     def __init__(self, live: _Live, ident: int) -> None:
         self.live = live
@@ -440,6 +441,9 @@ class _Door:
         self.bell = Limiter(1, "shared limits bell")
         self.bell.try_acquire()
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        # (until, refusal): where the last admission queued this door's next
+        # call, which waits that out before it asks (see ADMIT's ``more``).
+        self._hint: tuple[float, Refused] | None = None
 
     def ring(self) -> None:
         # Only the daemon thread rings, so checking first cannot race.
@@ -461,6 +465,12 @@ class _Door:
         rates: Sequence[RateSpec],
         on_conflict: Callable[[str], None],
     ) -> Held | Refused:
+        hint = self._hint
+        if hint is not None:
+            self._hint = None
+            left = hint[0] - time.monotonic()
+            if left > 0:
+                await self.wait(Refused(left, hint[1].for_token))
         live = self.live
         lease = live.new_lease()
         keys = [live.key("limits"), live.key("declared")]
@@ -471,6 +481,7 @@ class _Door:
             len(slots),
             len(rates),
             live.poll_us,
+            1 if self.gate.waiting else 0,
         ]
         for name, limit in slots:
             keys.extend(self._pair("slot", name))
@@ -488,10 +499,13 @@ class _Door:
             # Bounded by the client's timeouts; shielded so that a cancelled
             # waiter never leaves an admitted lease behind unreleased.
             reply = await live.conn.script(_scripts.ADMIT, keys, args)
-        status, wait_us, *conflicts = reply
+        status, wait_us, then, *conflicts = reply
         for name in conflicts:
             on_conflict(name.decode() if isinstance(name, bytes) else str(name))
         if status == 1:
+            if then:
+                seconds = wait_us / 1e6
+                self._hint = (time.monotonic() + seconds, Refused(seconds, then == 2))
             if not slots:
                 return _NO_SLOTS
             return live.hold(
@@ -510,6 +524,6 @@ class _Door:
 
     def leave(self) -> None:
         live = self.live
-        queues = [k[1] for k in self._keys.values()]
+        queues = [k[1] for k in list(self._keys.values())]
         if queues:
             live.background(_scripts.LEAVE, queues, [self.waiter])

@@ -28,17 +28,22 @@ from __future__ import annotations
 __all__ = ["ADMIT", "LEAVE", "RELEASE", "RENEW"]
 
 # KEYS: limits, declared, then (slot, slotq) per slot, then (rate, rateq) per
-# bucket. ARGV: lease, waiter, ttl_us, n_slots, n_rates, poll_us, then
+# bucket. ARGV: lease, waiter, ttl_us, n_slots, n_rates, poll_us, more, then
 # (name, limit) per slot, then (name, interval_us, capacity, text) per bucket.
-# Returns {status, wait_us, conflicting names...}: status 1 admitted (every
-# slot and token taken), 0 a slot is busy (wait for a release notice, at most
-# wait_us), 2 a bucket is empty (come back in wait_us).
+# Returns {status, wait_us, hint, conflicting names...}: status 1 admitted
+# (every slot and token taken), 0 a slot is busy (wait for a release notice,
+# at most wait_us), 2 a bucket is empty (come back in wait_us). When ``more``
+# is 1 (the process has another call waiting for these limits), an admitted
+# call also queues that next call where it would be refused now, and says
+# how long it will wait (wait_us) and for what (hint: 0 nothing, 1 a release
+# notice, 2 a token): the next call then waits first and asks once, instead
+# of asking, being refused and queued, then asking again.
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease, waiter = ARGV[1], ARGV[2]
 local ttl, nslots, nrates = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local poll = tonumber(ARGV[6])
+local poll, more = tonumber(ARGV[6]), ARGV[7] == '1'
 local stale = now - 10000000
 local conflicts = {}
 
@@ -59,17 +64,19 @@ local function queue(q)
 end
 
 local function refuse(status, wait)
-  local out = {status, math.max(1000, math.ceil(wait))}
+  local out = {status, math.max(1000, math.ceil(wait)), 0}
   for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
   return out
 end
 
-local a = 7
+local a = 8
+local limits = {}
 for i = 1, nslots do
   local name, limit = ARGV[a], ARGV[a + 1]
   a = a + 2
   local stored = declare('slot:' .. name, limit)
   if stored then limit = stored end
+  limits[i] = tonumber(limit)
   local key = KEYS[1 + 2 * i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   if redis.call('ZCARD', key) >= tonumber(limit) then
@@ -82,7 +89,7 @@ for i = 1, nslots do
 end
 
 local base = 2 + 2 * nslots
-local tats, intervals = {}, {}
+local tats, intervals, capacities = {}, {}, {}
 for j = 1, nrates do
   local name, interval, capacity, text = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   a = a + 4
@@ -99,7 +106,7 @@ for j = 1, nrates do
     local rank = queue(KEYS[base + 2 * j])
     return refuse(2, over + rank * interval)
   end
-  tats[j], intervals[j] = tat, interval
+  tats[j], intervals[j], capacities[j] = tat, interval, capacity
 end
 
 local ttl_ms = math.ceil(ttl / 1000) + 1000
@@ -114,7 +121,26 @@ for j = 1, nrates do
              math.ceil((tat - now) / 1000) + 1000)
   redis.call('ZREM', KEYS[base + 2 * j], waiter)
 end
-local out = {1, 0}
+local out = {1, 0, 0}
+if more then
+  for i = 1, nslots do
+    if redis.call('ZCARD', KEYS[1 + 2 * i]) >= limits[i] then
+      queue(KEYS[2 + 2 * i])
+      out[2], out[3] = poll, 1
+      break
+    end
+  end
+  if out[3] == 0 then
+    for j = 1, nrates do
+      local over = tats[j] + intervals[j] - (capacities[j] - 1) * intervals[j] - now
+      if over > 0 then
+        local rank = queue(KEYS[base + 2 * j])
+        out[2], out[3] = math.ceil(over + rank * intervals[j]), 2
+        break
+      end
+    end
+  end
+end
 for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
 return out
 """

@@ -1,12 +1,13 @@
 """How plait talks to Redis: redis-py clients, from any backend, never hanging.
 
 redis-py's asyncio client only runs on asyncio, and its connection pools
-belong to one event loop. So an admission from a task runs on one of two
-roads, chosen per call by the running loop:
-
-* asyncio and uvloop: the asyncio client of that loop (one per loop);
-* Trio: the sync client, on plait's worker threads (the thread bridge),
-  which wakes the task when the answer is in.
+belong to one event loop, with no hook to close them when the loop ends.
+So an admission from a task runs the sync client on plait's worker threads
+(the thread bridge), which wakes the task when the answer is in: one road
+for asyncio, uvloop and Trio, and one connection pool per process. The
+asyncio client's road (one client per loop) stays available for
+``benchmarks/shared_limits.py``, which measures both side by side; it was
+no faster there.
 
 Everything else (releases, renewals, notices, ``set_limit``) uses the sync
 client from threads. Every connection has connect and read timeouts, so a

@@ -297,6 +297,31 @@ async def test_redis_stopped_mid_run_gives_limit_backend_unavailable() -> None:
         assert isinstance(failure.error, OSError)
 
 
+@pytest.mark.anyio
+async def test_a_server_that_never_answers_is_unavailable_not_a_hang() -> None:
+    import socket
+
+    @plait.tool(concurrency_limit=1)
+    async def step() -> int:
+        return 1
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepts connections, never answers
+        port = silent.getsockname()[1]
+        limits = RedisLimits(
+            f"redis://127.0.0.1:{port}/0", namespace=_ns(), timeout=0.3
+        )
+        engine = Engine(tools=[step], shared_limits=limits)
+        begun = anyio.current_time()
+        with pytest.raises(plait.StepFailed) as info:
+            await engine.run(Call("step", retry=Retry(attempts=1)))
+        elapsed = anyio.current_time() - begun
+        limits.close()
+    assert isinstance(info.value.error, plait.LimitBackendUnavailable)
+    assert elapsed < 10
+
+
 # -- configuration ------------------------------------------------------------
 
 

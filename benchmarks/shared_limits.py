@@ -106,6 +106,34 @@ async def _admit_release(limits: RedisLimits, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+def _raw_pair(limits: RedisLimits, calls: int) -> float:
+    """Microseconds per admit + release script pair from one thread, no loop.
+
+    The floor under the roads above: the two round trips and the scripts,
+    without a thread hop, an event loop or the release going to a thread.
+    """
+    from plait.redis import _scripts
+
+    live = limits._process()
+    door = live.door(("tool:raw",), ())
+    slot, queue = door._pair("slot", "tool:raw")
+    keys = [live.key("limits"), live.key("declared"), slot, queue]
+
+    def pair(i: int) -> None:
+        args = [f"raw:{i}", door.waiter, live.ttl_us, 1, 0, live.poll_us, 0]
+        live.conn.sync_script(_scripts.ADMIT, keys, [*args, "tool:raw", CONCURRENCY])
+        live.conn.sync_script(
+            _scripts.RELEASE, [slot, queue], [live.channel, f"raw:{i}"]
+        )
+
+    for i in range(50):
+        pair(i)
+    started = time.perf_counter()
+    for i in range(calls):
+        pair(i)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
 @plait.tool(name="bench", concurrency_limit=CONCURRENCY)
 async def _noop(i: int) -> int:
     return i
@@ -155,6 +183,23 @@ def uncontended(url: str, calls: int, repeat: int) -> list[dict[str, Any]]:
                 "passed": pair <= TARGET_UNCONTENDED_US,
             }
         )
+    pings, raws = [], []
+    for _ in range(repeat):
+        pings.append(_ping_us(url, calls))
+        limits = _limits(url, True)
+        raws.append(_raw_pair(limits, calls))
+        limits.close()
+    raw = statistics.median(raws)
+    rows.append(
+        {
+            "backend": "none",
+            "road": "raw script pair, one thread",
+            "ping_us": statistics.median(pings),
+            "admit_release_us": raw,
+            "engine_extra_us": None,
+            "passed": raw <= TARGET_UNCONTENDED_US,
+        }
+    )
     return rows
 
 
@@ -339,7 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r["road"],
                     f"{r['ping_us']:.0f}",
                     f"{r['admit_release_us']:.0f}",
-                    f"{r['engine_extra_us']:.0f}",
+                    ""
+                    if r["engine_extra_us"] is None
+                    else f"{r['engine_extra_us']:.0f}",
                     "ok" if r["passed"] else "over",
                 ]
                 for r in rows

@@ -172,7 +172,8 @@ def test_shared_limits_script_end_to_end(
     assert "all scripts per call" in printed
     data = json.loads(out.read_text())
     assert [(r["backend"], r["road"]) for r in data["uncontended"]] == [
-        (b, road) for b, road, _ in module.ROADS
+        *((b, road) for b, road, _ in module.ROADS),
+        ("none", "raw script pair, one thread"),
     ]
     for row in data["uncontended"]:
         assert row["admit_release_us"] > 0

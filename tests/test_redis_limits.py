@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -320,6 +320,82 @@ async def test_a_server_that_never_answers_is_unavailable_not_a_hang() -> None:
         limits.close()
     assert isinstance(info.value.error, plait.LimitBackendUnavailable)
     assert elapsed < 10
+
+
+@contextlib.contextmanager
+def _restartable_redis() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A redis-server on loopback and a function that restarts it, same port."""
+    import shutil
+    import socket
+    import tempfile
+
+    from _servers import free_port, missing
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        missing("redis-server")
+        raise AssertionError("unreachable")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="plait-redis-") as tmp:
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp]
+        argv += ["--save", "", "--appendonly", "no"]
+
+        def start() -> subprocess.Popen[bytes]:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for _ in range(600):
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    return proc
+                time.sleep(0.05)
+            raise RuntimeError("redis-server did not start")
+
+        procs = [start()]
+
+        def restart() -> None:
+            procs[0].terminate()
+            procs[0].wait(10)
+            procs[0] = start()
+
+        try:
+            yield f"redis://127.0.0.1:{port}/0", restart
+        finally:
+            procs[0].terminate()
+            procs[0].wait(10)
+
+
+@pytest.mark.anyio
+async def test_after_a_restart_running_calls_lose_their_leases_and_retry() -> None:
+    started = anyio.Event()
+    tries = []
+
+    @plait.tool(concurrency_limit=1)
+    async def long() -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            started.set()
+            await anyio.sleep(30)
+        return len(tries)
+
+    with _restartable_redis() as (url, restart):
+        limits = RedisLimits(url, namespace=_ns(), lease_ttl=1.5, timeout=1.0)
+        engine = Engine(tools=[long], shared_limits=limits)
+        lost: list[plait.Event] = []
+        engine.subscribe(lost.append, ["call.lease_lost"])
+
+        async def restart_when_running() -> None:
+            await started.wait()
+            await anyio.to_thread.run_sync(restart)
+
+        begun = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart_when_running)
+            retry = Retry(attempts=5, initial_delay=0.05)
+            assert await engine.run(Call("long", retry=retry)) == 2
+        assert anyio.current_time() - begun < 20
+        limits.close()
+    assert [e.tool for e in lost] == ["long"]
 
 
 # -- configuration ------------------------------------------------------------

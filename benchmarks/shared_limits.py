@@ -120,7 +120,17 @@ def _raw_pair(limits: RedisLimits, calls: int) -> float:
     keys = [live.key("limits"), live.key("declared"), slot, queue]
 
     def pair(i: int) -> None:
-        args = [f"raw:{i}", door.waiter, live.ttl_us, 1, 0, live.poll_us, 0]
+        args = [
+            f"raw:{i}",
+            door.waiter,
+            live.ttl_us,
+            1,
+            0,
+            live.poll_us,
+            0,
+            0,
+            live.channel,
+        ]
         live.conn.sync_script(_scripts.ADMIT, keys, [*args, "tool:raw", CONCURRENCY])
         live.conn.sync_script(
             _scripts.RELEASE, [slot, queue], [live.channel, f"raw:{i}"]

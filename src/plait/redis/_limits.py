@@ -45,6 +45,11 @@ logger = logging.getLogger("plait")
 #: asks again: the backstop for a notice lost with a connection.
 POLL_SECONDS = 1.0
 
+#: How long the release of a slot may wait for this process's next admission
+#: to carry it to the server (saving a script call) before a worker thread
+#: sends it. A slot that others were queued for when it was taken goes at once.
+RELEASE_DELAY = 0.002
+
 
 class RedisLimits:
     """Limits shared by every engine that uses one Redis server and namespace.
@@ -253,26 +258,45 @@ class _Live:
         return held
 
     def release(self, held: _Held) -> None:
-        """Give ``held`` back soon, from a worker thread, never blocking.
+        """Give ``held`` back soon, never blocking.
 
-        Releases that pile up while one is on its way go together, in one
-        script call.
+        A slot that others were queued for when it was taken is sent at
+        once from a worker thread; others wait up to :data:`RELEASE_DELAY`
+        for this process's next admission to carry them. Releases that pile up go together, in
+        one script call.
         """
         with self._lock:
             self._held.pop(held.lease, None)
             self._releasing.append(held)
-            if self._flushing:
-                return
-            self._flushing = True
+            if not held.contended:
+                if self._flushing:
+                    return
+                self._flushing = True
+        submit(self._flush if held.contended else self._flush_later)
+
+    def carry(self) -> list[_Held]:
+        """Take the releases waiting to be sent, for an admission to send."""
+        with self._lock:
+            batch, self._releasing = self._releasing, []
+        return batch
+
+    def put_back(self, batch: list[_Held]) -> None:
+        """An admission could not send ``batch``: send it from a thread."""
+        with self._lock:
+            self._releasing += batch
         submit(self._flush)
+
+    def _flush_later(self) -> None:
+        time.sleep(RELEASE_DELAY)
+        with self._lock:
+            self._flushing = False
+        self._flush()
 
     def _flush(self) -> None:
         while True:
-            with self._lock:
-                batch, self._releasing = self._releasing, []
-                if not batch:
-                    self._flushing = False
-                    return
+            batch = self.carry()
+            if not batch:
+                return
             keys: list[str] = []
             args: list[Any] = [self.channel]
             for held in batch:
@@ -377,7 +401,16 @@ def _close_quietly(pubsub: Any) -> None:
 class _Held:
     """An admitted call's leases, renewed by the daemon thread until released."""
 
-    __slots__ = ("_lost", "_on_lost", "keys", "lease", "live", "queues", "renewed")
+    __slots__ = (
+        "_lost",
+        "_on_lost",
+        "contended",
+        "keys",
+        "lease",
+        "live",
+        "queues",
+        "renewed",
+    )
 
     def __init__(
         self, live: _Live, lease: str, keys: tuple[str, ...], queues: tuple[str, ...]
@@ -387,6 +420,7 @@ class _Held:
         self.keys = keys
         self.queues = queues
         self.renewed = time.monotonic()
+        self.contended = False
         self._lost = False
         self._on_lost: Callable[[], None] | None = None
 
@@ -483,6 +517,8 @@ class _Door:
             live.poll_us,
             1 if self.gate.waiting else 0,
         ]
+        carried = live.carry()
+        args += (len(carried), live.channel)
         for name, limit in slots:
             keys.extend(self._pair("slot", name))
             args += (name, limit)
@@ -494,12 +530,21 @@ class _Door:
                 repr(spec.capacity),
                 _rate_text(spec),
             )
+        for held in carried:
+            for pair in zip(held.keys, held.queues, strict=True):
+                keys += pair
+                args.append(held.lease)
         self.bell.try_acquire()  # a notice from before this try is stale
         with anyio.CancelScope(shield=True):
             # Bounded by the client's timeouts; shielded so that a cancelled
             # waiter never leaves an admitted lease behind unreleased.
-            reply = await live.conn.script(_scripts.ADMIT, keys, args)
-        status, wait_us, then, *conflicts = reply
+            try:
+                reply = await live.conn.script(_scripts.ADMIT, keys, args)
+            except BaseException:
+                if carried:
+                    live.put_back(carried)
+                raise
+        status, wait_us, then, contended, *conflicts = reply
         for name in conflicts:
             on_conflict(name.decode() if isinstance(name, bytes) else str(name))
         if status == 1:
@@ -508,11 +553,13 @@ class _Door:
                 self._hint = (time.monotonic() + seconds, Refused(seconds, then == 2))
             if not slots:
                 return _NO_SLOTS
-            return live.hold(
+            held = live.hold(
                 lease,
                 tuple(keys[2 : 2 + 2 * len(slots) : 2]),
                 tuple(keys[3 : 3 + 2 * len(slots) : 2]),
             )
+            held.contended = contended == 1
+            return held
         return Refused(wait_us / 1e6, status == 2)
 
     async def wait(self, refused: Refused) -> None:

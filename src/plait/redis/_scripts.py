@@ -27,23 +27,51 @@ from __future__ import annotations
 
 __all__ = ["ADMIT", "LEAVE", "RELEASE", "RENEW"]
 
+# Frees ``lease``'s slot in ``slot`` and wakes the first waiter of its queue
+# ``q`` whose process still listens (PUBLISH answers how many did).
+_FREE = """
+local function free(slot, q, lease, prefix)
+  if redis.call('ZREM', slot, lease) == 1 then
+    while true do
+      local head = redis.call('ZPOPMIN', q)
+      if not head[1] then return end
+      local client = string.match(head[1], '^([^|]+)|')
+      if client and redis.call('PUBLISH', prefix .. client, head[1]) > 0 then
+        return
+      end
+    end
+  end
+end
+"""
+
 # KEYS: limits, declared, then (slot, slotq) per slot, then (rate, rateq) per
-# bucket. ARGV: lease, waiter, ttl_us, n_slots, n_rates, poll_us, more, then
-# (name, limit) per slot, then (name, interval_us, capacity, text) per bucket.
-# Returns {status, wait_us, hint, conflicting names...}: status 1 admitted
+# bucket, then (slot, slotq) per slot of the leases released first. ARGV:
+# lease, waiter, ttl_us, n_slots, n_rates, poll_us, more, n_released, wake
+# channel prefix, then (name, limit) per slot, then (name, interval_us,
+# capacity, text) per bucket, then the released lease of each pair.
+# Returns {status, wait_us, hint, contended, conflicting names...}: status 1 admitted
 # (every slot and token taken), 0 a slot is busy (wait for a release notice,
 # at most wait_us), 2 a bucket is empty (come back in wait_us). When ``more``
 # is 1 (the process has another call waiting for these limits), an admitted
 # call also queues that next call where it would be refused now, and says
 # how long it will wait (wait_us) and for what (hint: 0 nothing, 1 a release
 # notice, 2 a token): the next call then waits first and asks once, instead
-# of asking, being refused and queued, then asking again.
-ADMIT = """
+# of asking, being refused and queued, then asking again. ``contended`` is 1
+# when another waiter is queued for one of the call's slots: its release
+# should then go at once rather than ride along with a later admission.
+ADMIT = (
+    _FREE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease, waiter = ARGV[1], ARGV[2]
 local ttl, nslots, nrates = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local poll, more = tonumber(ARGV[6]), ARGV[7] == '1'
+local nrel, prefix = tonumber(ARGV[8]), ARGV[9]
+local relkeys, relargs = 2 + 2 * nslots + 2 * nrates, #ARGV - nrel
+for k = 1, nrel do
+  free(KEYS[relkeys + 2 * k - 1], KEYS[relkeys + 2 * k], ARGV[relargs + k], prefix)
+end
 local stale = now - 10000000
 local conflicts = {}
 
@@ -64,12 +92,12 @@ local function queue(q)
 end
 
 local function refuse(status, wait)
-  local out = {status, math.max(1000, math.ceil(wait)), 0}
+  local out = {status, math.max(1000, math.ceil(wait)), 0, 1}
   for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
   return out
 end
 
-local a = 8
+local a = 10
 local limits = {}
 for i = 1, nslots do
   local name, limit = ARGV[a], ARGV[a + 1]
@@ -121,7 +149,10 @@ for j = 1, nrates do
              math.ceil((tat - now) / 1000) + 1000)
   redis.call('ZREM', KEYS[base + 2 * j], waiter)
 end
-local out = {1, 0, 0}
+local out = {1, 0, 0, 0}
+for i = 1, nslots do
+  if redis.call('ZCARD', KEYS[2 + 2 * i]) > 0 then out[4] = 1 end
+end
 if more then
   for i = 1, nslots do
     if redis.call('ZCARD', KEYS[1 + 2 * i]) >= limits[i] then
@@ -144,25 +175,20 @@ end
 for i = 1, #conflicts do out[#out + 1] = conflicts[i] end
 return out
 """
+)
 
 # KEYS: (slot, slotq) per slot of each lease released. ARGV: the wake channel
 # prefix, then the lease held in each pair. Each slot freed wakes the first
 # waiter of its queue whose process still listens.
-RELEASE = """
+RELEASE = (
+    _FREE
+    + """
 for i = 1, #KEYS / 2 do
-  if redis.call('ZREM', KEYS[2 * i - 1], ARGV[i + 1]) == 1 then
-    while true do
-      local head = redis.call('ZPOPMIN', KEYS[2 * i])
-      if not head[1] then break end
-      local client = string.match(head[1], '^([^|]+)|')
-      if client and redis.call('PUBLISH', ARGV[1] .. client, head[1]) > 0 then
-        break
-      end
-    end
-  end
+  free(KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1], ARGV[1])
 end
 return 0
 """
+)
 
 # KEYS: one slot key per lease. ARGV: ttl_us, then the lease in each key.
 # Returns 1 per lease renewed, 0 per lease found gone.

@@ -159,6 +159,12 @@ def test_agents_script_end_to_end(
         assert r["ratio"] == pytest.approx(r["median_s"] / r["ideal_s"])
 
 
+def test_remote_benchmark_runs() -> None:
+    pytest.importorskip("distributed")
+    remote = _load("remote")
+    assert remote.main(["--quick", "--elements", "512"]) == 0
+
+
 def test_shared_limits_script_end_to_end(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

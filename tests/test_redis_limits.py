@@ -411,6 +411,9 @@ def test_redis_limits_pickles_as_its_configuration(redis_url: str) -> None:
         2.0,
     )
     assert repr(copy) == f"RedisLimits({redis_url!r}, namespace='acme', lease_ttl=3)"
+    assert copy == limits
+    assert hash(copy) == hash(limits)
+    assert copy != RedisLimits(redis_url, namespace="other")
 
 
 @pytest.mark.parametrize(

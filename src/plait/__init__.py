@@ -19,6 +19,7 @@ from ._model._errors import (
     LeaseLost,
     LimitBackendUnavailable,
     PlaitError,
+    RemoteError,
     StepFailed,
     StepTimeout,
     ToolTimeout,
@@ -90,6 +91,7 @@ __all__ = [
     "ToolTimeout",
     "StepTimeout",
     "StepFailed",
+    "RemoteError",
     "LimitBackendUnavailable",
     "LeaseLost",
 ]

@@ -34,6 +34,7 @@ from .._model._validate import (
 )
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
+from ._executor import Executor
 
 __all__ = ["Engine"]
 
@@ -68,6 +69,9 @@ class Engine:
             concurrency limits (key ``tool:<name>``), to share them with
             other engines, threads or event loops. By default the engine
             keeps its own.
+        executor: where the elements of ``MapReduce(..., remote=True)``
+            steps run, such as a :class:`plait.dask.DaskExecutor`; without
+            one they run locally.
         shared_limits: limits held by a server for every engine, process
             and machine that uses it, such as
             :class:`plait.redis.RedisLimits`: every tool's
@@ -89,6 +93,7 @@ class Engine:
         rate_limit: RateLimit | None = None,
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
+        executor: Executor | None = None,
         shared_limits: SharedLimits | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
@@ -100,6 +105,7 @@ class Engine:
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
+        self.executor = _check_executor(executor)
         self.shared_limits = shared_limits
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
@@ -272,7 +278,11 @@ class Engine:
         deadline = check_seconds(deadline, "deadline")
         run = self._new_run()
         root = Compiler(
-            run, self._call_lookup, self._functions, self.max_concurrency
+            run,
+            self._call_lookup,
+            self._functions,
+            self.max_concurrency,
+            executor=self.executor,
         ).compile(step, "", frozenset(scope))
         started = time.perf_counter()
         until = math.inf if deadline is None else anyio.current_time() + deadline
@@ -383,3 +393,14 @@ class Engine:
             )
         finally:
             self.abandoned_threads += run.abandoned_threads
+
+
+def _check_executor(executor: Executor | None) -> Executor | None:
+    if executor is not None and not all(
+        hasattr(executor, a) for a in ("limits", "prepare", "session")
+    ):
+        raise ConfigError(
+            "Engine.executor must be an executor such as "
+            f"plait.dask.DaskExecutor(), got {executor!r}"
+        )
+    return executor

@@ -130,7 +130,20 @@ class RedisLimits:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (self.url, self.namespace, self.lease_ttl, self.timeout))
+        return (_restore, self._config())
+
+    def _config(self) -> tuple[str, str, float, float]:
+        return (self.url, self.namespace, self.lease_ttl, self.timeout)
+
+    # Equal when configured alike: the same limits on the same server, so a
+    # copy unpickled in a worker can key a cache as the original does.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RedisLimits):
+            return NotImplemented
+        return self._config() == other._config()
+
+    def __hash__(self) -> int:
+        return hash(self._config())
 
     def _process(self) -> _Live:
         """This process's live part, made on first use (again after a fork)."""

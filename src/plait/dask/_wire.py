@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import attrs
 
+from .._calls._shared import SharedLimits
 from .._io import dump
 from .._model._errors import WorkflowError
+from .._model._ratelimit import RateLimit
 from .._model._steps import Workflow
 from .._runtime._executor import RemoteTask
 
@@ -38,12 +40,19 @@ class WireSpec:
         max_concurrency: the worker engine's ``max_concurrency``.
         stale_after: seconds without a heartbeat of the coordinator after
             which the run's chunks stop themselves.
+        rate_limit: the coordinator engine's ``rate_limit``, kept by the
+            worker engine.
+        shared_limits: the coordinator engine's shared limits (they pickle
+            as their configuration and compare by it): the worker engine
+            admits every call under them.
     """
 
     document: str
     event_kinds: frozenset[str]
     max_concurrency: int
     stale_after: float = STALE_AFTER
+    rate_limit: RateLimit | None = None
+    shared_limits: SharedLimits | None = None
 
 
 def wire_spec(task: RemoteTask) -> WireSpec:
@@ -66,4 +75,6 @@ def wire_spec(task: RemoteTask) -> WireSpec:
         document=document,
         event_kinds=frozenset(str(k) for k in task.event_kinds),
         max_concurrency=task.step.max_concurrency or 100,
+        rate_limit=task.rate_limit,
+        shared_limits=task.shared_limits,
     )

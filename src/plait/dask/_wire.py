@@ -6,10 +6,9 @@ what a document would describe, and a tool that cannot be written as an
 import path (a lambda, a nested function) is refused before the run.
 
 This spec is also where the engine's cross-process layers join the
-workers' engines: ``shared_limits`` (a ``RedisLimits`` url, namespace and
-lease TTL) and ``journal`` (a ``PostgresJournal`` dsn with the coordinator's
-run id and the element's path) are fields to add here; a worker builds its
-engine from them (see :func:`plait.dask._worker.worker_engine`).
+workers' engines: ``shared_limits`` (a ``RedisLimits``, which pickles as
+its url, namespace and lease TTL) and the engine's ``rate_limit``; a worker
+builds its engine from them (see :func:`plait.dask._worker.worker_engine`).
 """
 
 from __future__ import annotations

@@ -103,3 +103,16 @@ def kill_once(x: int, flag: str) -> int:
 
 
 limited = plait.tool(inc, name="limited", concurrency_limit=2)
+
+
+async def _logged_pid(x: int, log: str) -> int:
+    """Append 'start x time pid' and 'end x time pid' around a short sleep."""
+    with open(log, "a") as f:
+        f.write(f"start {x} {time.time()} {os.getpid()}\n")
+    await anyio.sleep(0.05)
+    with open(log, "a") as f:
+        f.write(f"end {x} {time.time()} {os.getpid()}\n")
+    return x
+
+
+logged_limited = plait.tool(_logged_pid, name="logged_limited", concurrency_limit=2)

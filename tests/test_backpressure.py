@@ -532,3 +532,72 @@ def test_a_bad_adaptive_limit_in_a_document_names_the_field(
     problem = info.value.errors[0]
     assert problem.path == "tools.api.concurrency_limit"
     assert message in problem.message
+
+
+# -- with shared limits --------------------------------------------------------------
+
+
+async def test_under_shared_limits_the_adaptive_value_stays_local(
+    redis_url: str,
+) -> None:
+    import uuid
+
+    from plait.redis import RedisLimits
+
+    namespace = f"bp-{uuid.uuid4().hex[:10]}"
+    shared = [RedisLimits(redis_url, namespace=namespace) for _ in range(2)]
+    running = peak = 0
+
+    def api_tool(pushes_back: bool) -> plait.Tool:
+        pushed = False
+
+        async def api(i: int) -> int:
+            nonlocal running, peak, pushed
+            running += 1
+            peak = max(peak, running)
+            try:
+                await anyio.sleep(0.02)
+                if pushes_back and not pushed:
+                    pushed = True
+                    raise plait.RateLimited(retry_after=0.01)
+                return i
+            finally:
+                running -= 1
+
+        return plait.Tool(
+            api,
+            "api",
+            concurrency_limit=plait.Adaptive(initial=3, min=1, max=4),
+            retry=plait.Retry(attempts=3, initial_delay=0),
+        )
+
+    engines = [
+        plait.Engine(tools=[api_tool(pushes_back=i == 0)], shared_limits=shared[i])
+        for i in range(2)
+    ]
+    conflicts: list[plait.Event] = []
+    moves: list[list[int | None]] = [[], []]
+    for engine, moved in zip(engines, moves, strict=True):
+        engine.subscribe(conflicts.append, ["limits.conflict"])
+        engine.subscribe(lambda e, m=moved: m.append(e.limit), ["tool.limit_changed"])
+    results: list[plait.RunResult] = []
+
+    async def run(engine: plait.Engine) -> None:
+        step = plait.MapReduce(
+            over=list(range(12)), map=plait.Call("api", plait.Var("item"))
+        )
+        results.append(await engine.execute(step))
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for engine in engines:
+                    tg.start_soon(run, engine)
+    finally:
+        for limits in shared:
+            limits.close()
+    assert [r.output for r in results] == [list(range(12))] * 2
+    assert peak <= 4  # the shared limit is the adaptive max, across engines
+    assert not conflicts  # every process declares the same shared value
+    assert 2 in moves[0]  # the engine pushed back cut its own limit, 3 to 2
+    assert all(m is not None and m > 3 for m in moves[1])  # the other only grew

@@ -189,3 +189,26 @@ def test_remote_benchmark_runs() -> None:
     pytest.importorskip("distributed")
     remote = _load("remote")
     assert remote.main(["--quick", "--elements", "512"]) == 0
+
+
+def test_shared_limits_script_end_to_end(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = _load("shared_limits")
+    out = tmp_path / "shared.json"
+    argv = ["--quick", "--url", redis_url, "--calls", "60", "--processes", "2"]
+    argv += ["--tasks", "2", "--seconds", "1", "--json", str(out)]
+    assert module.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "admit+release us" in printed
+    assert "all scripts per call" in printed
+    data = json.loads(out.read_text())
+    assert [(r["backend"], r["road"]) for r in data["uncontended"]] == [
+        *((b, road) for b, road, _ in module.ROADS),
+        ("none", "raw script pair, one thread"),
+    ]
+    for row in data["uncontended"]:
+        assert row["admit_release_us"] > 0
+    load = data["contended"]
+    assert load["calls"] > 0
+    assert load["peak_in_flight"] <= module.CONCURRENCY

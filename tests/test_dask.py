@@ -12,6 +12,7 @@ import gc
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,42 @@ def test_a_limited_tool_needs_shared_or_per_worker_limits(
         )
     with DaskExecutor(client, limits="per-worker") as per_worker:
         assert plait.run(step, {"xs": [1, 2]}, executor=per_worker) == [2, 3]
+
+
+def test_shared_limits_hold_across_the_workers(
+    executor: DaskExecutor, redis_url: str, tmp_path: Path
+) -> None:
+    from plait.redis import RedisLimits
+
+    executor.chunk_size = 3
+    log = tmp_path / "calls.log"
+    limits = RedisLimits(redis_url, namespace=f"dask-{uuid.uuid4().hex}")
+    step = MapReduce(
+        Var("xs"), Call(T.logged_limited, Var("item"), str(log)), remote=True
+    )
+    try:
+        out = plait.run(
+            step,
+            {"xs": list(range(24))},
+            executor=executor,
+            shared_limits=limits,
+            rate_limit=plait.RateLimit(1000),
+        )
+    finally:
+        limits.close()
+    assert out == list(range(24))
+    events = []
+    pids = set()
+    for line in log.read_text().splitlines():
+        what, _, t, pid = line.split()
+        events.append((float(t), 1 if what == "start" else -1))
+        pids.add(pid)
+    assert len(pids) >= 2  # the calls ran in both worker processes
+    running = most = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):
+        running += change
+        most = max(most, running)
+    assert most <= 2
 
 
 # -- cancellation reaches every chunk --------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 import _sample_tools as sample
 import plait
 import plait.agents
+import plait.redis
 import plait.tools
 from plait import (
     Call,
@@ -31,7 +32,7 @@ from plait import (
     Workflow,
 )
 
-PACKAGES = [plait, plait.agents, plait.tools]
+PACKAGES = [plait, plait.agents, plait.tools, plait.redis]
 
 
 def public_objects() -> list[tuple[ModuleType, str, Any]]:

@@ -17,6 +17,8 @@ from ._model._backpressure import Adaptive
 from ._model._errors import (
     ConfigError,
     ExpressionError,
+    LeaseLost,
+    LimitBackendUnavailable,
     PlaitError,
     RateLimited,
     RemoteError,
@@ -95,6 +97,8 @@ __all__ = [
     "StepTimeout",
     "StepFailed",
     "RemoteError",
+    "LimitBackendUnavailable",
+    "LeaseLost",
 ]
 
 publish(__name__, globals())

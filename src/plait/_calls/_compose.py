@@ -23,7 +23,7 @@ from .._model._errors import StepFailed
 from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._retry import Retry
-from ._admission import Gated, admission
+from ._admission import Admission, Gated, admission
 from ._attempt import (
     Attempt,
     OnFailure,
@@ -38,6 +38,7 @@ from ._invoker import Invoker
 from ._middleware import KeyedLimit, KeyedRateLimit, with_middleware
 from ._report import CallReport
 from ._retry import with_retry
+from ._shared import leased, shared_admission
 
 __all__ = ["Lean", "Pipeline", "compose", "compose_pipeline"]
 
@@ -96,7 +97,7 @@ def compose_pipeline(
     adaptive = rt.adaptive
     layered = retry is not None or bool(run.middleware) or adaptive is not None
     limiters, buckets = _limits(rt, run)
-    admit = admission(limiters, buckets, lease=_lease(rt, run))
+    admit = _admission(rt, run, limiters, buckets, report)
     steps = Steps(
         admit if gate is None else Gated(admit, gate),
         report,
@@ -104,7 +105,14 @@ def compose_pipeline(
     )
     attempt = _attempt(rt, run, steps, timeout)
     if run.middleware:
-        attempt = with_middleware(attempt, tool, run.middleware, limiters, buckets)
+        attempt = with_middleware(
+            attempt,
+            tool,
+            run.middleware,
+            limiters,
+            buckets,
+            *_shared_extra(run, report),
+        )
     if adaptive is not None:
         attempt = with_adaptive(attempt, report, adaptive)
     if retry is not None:
@@ -112,14 +120,66 @@ def compose_pipeline(
     if layered:  # one attempt, counted and finished as a call
         return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
     lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
+    if run.shared_limits is not None:
+        lean = None  # a shared lease may be lost: the attempt watches for it
     return Pipeline(attempt, lean)
+
+
+def _admission(
+    rt: ToolRuntime,
+    run: RunContext,
+    limiters: tuple[Limiter, ...],
+    buckets: tuple[TokenBucket, ...],
+    report: CallReport,
+) -> Admission:
+    """The call's admission: shared when the engine has shared limits."""
+    if run.shared_limits is not None:
+        shared = shared_admission(
+            run.shared_limits,
+            limiters,
+            buckets,
+            engine_limiter=run.engine_limiter,
+            report=report,
+            local=_local_adaptive(rt),
+        )
+        if shared is not None:
+            return shared
+    return admission(limiters, buckets, lease=_lease(rt, run))
+
+
+def _shared_extra(
+    run: RunContext, report: CallReport
+) -> tuple[Callable[[tuple[Limiter, ...], tuple[TokenBucket, ...]], Admission], ...]:
+    """How middleware-added limits are admitted, when they may be shared."""
+    shared = run.shared_limits
+    if shared is None:
+        return ()
+
+    def make(
+        limiters: tuple[Limiter, ...], buckets: tuple[TokenBucket, ...]
+    ) -> Admission:
+        found = shared_admission(
+            shared,
+            limiters,
+            buckets,
+            engine_limiter=run.engine_limiter,
+            report=report,
+        )
+        return found if found is not None else admission(limiters, buckets)
+
+    return (make,)
 
 
 def _limits(
     rt: ToolRuntime, run: RunContext
 ) -> tuple[tuple[Limiter, ...], tuple[TokenBucket, ...]]:
-    """The limiters and buckets a call of ``rt.tool`` is under, the engine's last."""
-    limiters = tuple(x for x in (rt.limiter, run.engine_limiter) if x is not None)
+    """The limiters and buckets a call of ``rt.tool`` is under, the engine's last.
+
+    An adaptive limit's own limiter comes first when it is not the tool's
+    (under shared limits, where it stays local).
+    """
+    own = _local_adaptive(rt)
+    limiters = tuple(x for x in (own, rt.limiter, run.engine_limiter) if x is not None)
     buckets = tuple(x for x in (rt.bucket, run.engine_bucket) if x is not None)
     return limiters, buckets
 
@@ -136,6 +196,14 @@ def _gate(rt: ToolRuntime, run: RunContext, retry: Retry | None) -> CoolDown | N
     ):
         return None
     return rt.gate
+
+
+def _local_adaptive(rt: ToolRuntime) -> Limiter | None:
+    """The adaptive limit's limiter, when it is a local one beside the tool's."""
+    adaptive = rt.adaptive
+    if adaptive is None or adaptive.limiter is rt.limiter:
+        return None
+    return adaptive.limiter
 
 
 def _lease(rt: ToolRuntime, run: RunContext) -> Limiter | None:
@@ -172,6 +240,8 @@ def _attempt(
             thread_releases=run.slots_follow_threads,
         )
         task_releases = not run.slots_follow_threads
+    if run.shared_limits is not None:
+        call = leased(call, steps.report)
     return build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
 
 

@@ -13,6 +13,7 @@ from .._model._results import Failure
 from .._model._stats import ToolCounters
 from .._model._tools import Tool
 from ._middleware import Middleware
+from ._shared import SharedLimits
 
 __all__ = ["RunContext", "ToolRuntime"]
 
@@ -49,6 +50,8 @@ class RunContext:
     counters: dict[str, ToolCounters] = attrs.field(factory=dict)
     failures: list[Failure] = attrs.field(factory=list)
     abandoned_threads: int = 0
+    # Limits held by a server for every engine using it (None: all local).
+    shared_limits: SharedLimits | None = None
 
     def counters_for(self, name: str) -> ToolCounters:
         """The counters of the tool called ``name``, made on first use."""

@@ -128,11 +128,15 @@ def with_middleware(
     middleware: tuple[Middleware, ...],
     limiters: tuple[Limiter, ...],
     buckets: tuple[TokenBucket, ...],
+    make_admission: Callable[
+        [tuple[Limiter, ...], tuple[TokenBucket, ...]], Admission
+    ] = admission,
 ) -> Attempt:
     """Run ``middleware`` around every ``attempt`` of ``tool``'s calls.
 
     ``limiters`` and ``buckets`` are the call's own limits: limits a
-    middleware adds to the :class:`ToolCall` are taken together with them.
+    middleware adds to the :class:`ToolCall` are taken together with them,
+    by the admission ``make_admission`` builds.
     """
 
     async def core(c: ToolCall) -> Any:
@@ -144,7 +148,7 @@ def with_middleware(
             )
         extra = None
         if c.limiters or c.buckets:
-            extra = admission(limiters + c.limiters, buckets + c.buckets)
+            extra = make_admission(limiters + c.limiters, buckets + c.buckets)
         return await attempt(c.args, c.kwargs, _literal(c.path), (), c.attempt, extra)
 
     handler = chain(middleware, core)
@@ -252,7 +256,9 @@ class KeyedRateLimit:
             return self._buckets[key]
         except KeyError:
             with self._lock:
-                return self._buckets.setdefault(key, TokenBucket(self.rate_limit))
+                return self._buckets.setdefault(
+                    key, TokenBucket(self.rate_limit, f"key:{key}")
+                )
 
     def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
         key = self.key(call)

@@ -28,10 +28,21 @@ class TokenBucket:
     wakes a herd. See :func:`pace` and :func:`take_tokens`.
     """
 
-    __slots__ = ("_lock", "_stamp", "_tokens", "capacity", "gate", "rate", "spec")
+    __slots__ = (
+        "_lock",
+        "_stamp",
+        "_tokens",
+        "capacity",
+        "gate",
+        "name",
+        "rate",
+        "spec",
+    )
 
-    def __init__(self, spec: RateLimit) -> None:
+    def __init__(self, spec: RateLimit, name: str = "") -> None:
         self.spec = spec
+        # What shared limits call this bucket (``tool:search``, ``engine``).
+        self.name = name
         self.rate = spec.rate / spec.per
         self.capacity = spec.capacity
         self.gate = Limiter(1, "rate limit gate")

@@ -18,6 +18,8 @@ __all__ = [
     "ExpressionError",
     "HttpError",
     "HttpServerError",
+    "LeaseLost",
+    "LimitBackendUnavailable",
     "PlaitError",
     "RateLimited",
     "RemoteError",
@@ -277,3 +279,38 @@ class RemoteError(PlaitError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class LimitBackendUnavailable(PlaitError, OSError):
+    """The server holding shared limits (``plait.redis``) could not be reached.
+
+    Raised instead of a call's admission when the server refuses the
+    connection, does not answer within the client's timeouts, or is
+    restarting. It is an :class:`OSError`, so the default :class:`plait.Retry`
+    tries the call again after its backoff; no call runs without its limits.
+    """
+
+
+class LeaseLost(PlaitError, OSError):
+    """A running call's shared slot was found gone; the call was cancelled.
+
+    A shared concurrency slot is a lease that the process renews while the
+    call runs. When a renewal finds it gone (the server restarted, or the
+    process could not renew it within ``lease_ttl``), another process may
+    already hold that slot, so the call is cancelled to keep the limit
+    true. An :class:`OSError`, so the default :class:`plait.Retry` tries the
+    call again under a fresh lease.
+
+    Attributes:
+        tool: the tool whose call lost its lease.
+    """
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(
+            f"tool {tool!r} lost its shared concurrency slot (lease) while running, "
+            "so it was cancelled; see docs/how-to/shared-limits.md"
+        )
+        self.tool = tool
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.tool,))

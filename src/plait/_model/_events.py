@@ -39,6 +39,8 @@ class EventKind(enum.StrEnum):
     CALL_PUSHED_BACK = "call.pushed_back"
     RETRY_AFTER_IGNORED = "call.retry_after_ignored"
     LIMIT_CHANGED = "tool.limit_changed"
+    LEASE_LOST = "call.lease_lost"
+    LIMIT_CONFLICT = "limits.conflict"
 
     def __str__(self) -> str:
         return self.value

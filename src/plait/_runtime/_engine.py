@@ -12,6 +12,7 @@ import anyio
 from .._calls._compose import compose
 from .._calls._context import RunContext, ToolRuntime
 from .._calls._middleware import Middleware
+from .._calls._shared import SharedLimits
 from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
@@ -46,6 +47,9 @@ FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
 
 _RATE_LIMIT = instance_of(RateLimit).or_none()
 _REGISTRY = instance_of(LimiterRegistry).or_none()
+_SHARED = instance_of(
+    SharedLimits, "shared-limits backend such as plait.redis.RedisLimits"
+).or_none()
 _ON_ERROR = one_of("raise", "collect")
 
 
@@ -71,6 +75,13 @@ class Engine:
         executor: where the elements of ``MapReduce(..., remote=True)``
             steps run, such as a :class:`plait.dask.DaskExecutor`; without
             one they run locally.
+        shared_limits: limits held by a server for every engine, process
+            and machine that uses it, such as
+            :class:`plait.redis.RedisLimits`: every tool's
+            ``concurrency_limit`` and ``rate_limit``, the engine's
+            ``rate_limit`` and the :class:`plait.KeyedLimit` /
+            :class:`plait.KeyedRateLimit` limits then hold across all of
+            them; ``max_concurrency`` stays this engine's own.
 
     An engine may run several workflows at once, from one event loop; they
     share its limits. It works on asyncio, uvloop and Trio, inside the
@@ -86,19 +97,24 @@ class Engine:
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
         executor: Executor | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
         _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
         _REGISTRY.check(limiters, "Engine.limiters")
+        _SHARED.check(shared_limits, "Engine.shared_limits")
         for i, mw in enumerate(middleware):
             CALLABLE.check(mw, f"Engine.middleware[{i}]")
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
         self.executor = _check_executor(executor)
+        self.shared_limits = shared_limits
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
-        self._bucket = TokenBucket(rate_limit) if rate_limit is not None else None
+        self._bucket = (
+            TokenBucket(rate_limit, "engine") if rate_limit is not None else None
+        )
         self._tools: dict[str, ToolRuntime] = {}
         self._adhoc: dict[str, ToolRuntime] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -171,7 +187,14 @@ class Engine:
 
     def _runtime(self, tool: Tool) -> ToolRuntime:
         limit = tool.concurrency_limit
-        fixed = limit.initial if isinstance(limit, Adaptive) else limit
+        adaptive = limit if isinstance(limit, Adaptive) else None
+        # Under shared limits an adaptive limit stays local: the server holds
+        # its max, and a limiter of this engine's own follows the service.
+        shared_adaptive = adaptive is not None and self.shared_limits is not None
+        if isinstance(limit, Adaptive):
+            fixed: int | None = limit.max if shared_adaptive else limit.initial
+        else:
+            fixed = limit
         limiter: Limiter | None = None
         if self.limiters is not None:
             limiter = self.limiters.limiter(f"tool:{tool.name}")
@@ -179,10 +202,16 @@ class Engine:
                 limiter.total = fixed
         elif fixed is not None:
             limiter = Limiter(fixed, f"tool:{tool.name}")
-        bucket = TokenBucket(tool.rate_limit) if tool.rate_limit is not None else None
+        bucket = None
+        if tool.rate_limit is not None:
+            bucket = TokenBucket(tool.rate_limit, f"tool:{tool.name}")
         rt = ToolRuntime(tool, limiter, bucket)
-        if isinstance(limit, Adaptive) and limiter is not None:
-            rt.adaptive = AdaptiveLimit(limit, limiter)
+        if adaptive is not None and limiter is not None:
+            if shared_adaptive:
+                local = Limiter(adaptive.initial, f"tool:{tool.name} (adaptive)")
+                rt.adaptive = AdaptiveLimit(adaptive, local)
+            else:
+                rt.adaptive = AdaptiveLimit(adaptive, limiter)
         return rt
 
     def _lookup(self, target: str | Tool, path: str) -> ToolRuntime:
@@ -232,6 +261,7 @@ class Engine:
             # No bound of its own: the tools' and the engine's limits bound
             # the threads (see docs/explanation/design.md).
             thread_limiter=Limiter(None, "worker threads"),
+            shared_limits=self.shared_limits,
         )
 
     def _stats(self, run: RunContext, started: float) -> RunStats:

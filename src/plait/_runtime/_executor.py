@@ -27,7 +27,9 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._calls._shared import SharedLimits
 from .._model._events import Event, EventKind
+from .._model._ratelimit import RateLimit
 from .._model._steps import MapReduce
 from .._model._tools import Tool
 
@@ -59,6 +61,12 @@ class RemoteTask:
         tools: the tools the map step calls.
         event_kinds: the kinds of events the coordinator's subscribers want;
             a chunk reports those of its events.
+        rate_limit: the coordinator engine's ``rate_limit``, which the
+            workers' engines keep (per worker process, or held on the
+            server with ``shared_limits``).
+        shared_limits: the coordinator engine's shared limits (picklable
+            configuration, e.g. a ``RedisLimits``): with them every limit of
+            the map step holds across the whole cluster.
     """
 
     step: MapReduce
@@ -66,6 +74,8 @@ class RemoteTask:
     path: str
     tools: tuple[Tool, ...]
     event_kinds: frozenset[EventKind]
+    rate_limit: RateLimit | None = None
+    shared_limits: SharedLimits | None = None
 
 
 @attrs.frozen

@@ -81,6 +81,7 @@ def remote_runner(
         registry_limited=rewrite.limited,
         engine_rate_limited=run.engine_bucket is not None,
         mode=executor.limits,
+        shared=run.shared_limits is not None,
         path=plain,
     )
     chunk_step = MapReduce(
@@ -97,6 +98,8 @@ def remote_runner(
         path=plain,
         tools=tuple(rewrite.tools.values()),
         event_kinds=frozenset(run.events.kinds),
+        rate_limit=None if run.engine_bucket is None else run.engine_bucket.spec,
+        shared_limits=run.shared_limits,
     )
     remote = RemoteMap(executor, executor.prepare(task), names, template)
 
@@ -284,8 +287,13 @@ class _Rewrite:
             runtime = self.lookup(step, path)
             tool = runtime.tool
             self.tools[tool.name] = tool
-            if runtime.limiter is not None and math.isfinite(runtime.limiter.total):
-                # A limit set in the engine's LimiterRegistry holds here only.
+            if (
+                tool.concurrency_limit is None
+                and runtime.limiter is not None
+                and math.isfinite(runtime.limiter.total)
+            ):
+                # A limit set only in the engine's LimiterRegistry holds in
+                # this process only; the workers know the tool's own limit.
                 self.limited.add(tool.name)
             return Call(
                 tool,

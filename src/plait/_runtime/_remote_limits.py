@@ -32,7 +32,8 @@ def check_remote_limits(
     Args:
         tools: the tools the remote map step calls.
         registry_limited: the names of those tools with a concurrency limit
-            held by the engine's limiters (``Engine(limiters=...)``).
+            held by the engine's limiters (``Engine(limiters=...)``): refused
+            in every mode, as a registry cannot leave its process.
         engine_rate_limited: the engine has a ``rate_limit``.
         mode: the executor's ``limits``: ``"shared"`` or ``"per-worker"``.
         shared: the engine holds its limits on a server, exact across
@@ -42,9 +43,15 @@ def check_remote_limits(
     Raises:
         ConfigError: a limit would not hold, naming the tool and the fixes.
     """
+    where = f" in the remote map at {path or '<root>'}"
+    for name in sorted(registry_limited):
+        raise ConfigError(
+            f"tool {name!r}{where} has a concurrency limit in Engine.limiters, "
+            "which lives in this process and does not travel to worker "
+            "processes; give the tool its own concurrency_limit instead"
+        )
     if shared or mode == "per-worker":
         return
-    where = f" in the remote map at {path or '<root>'}"
     fixes = (
         "give the engine shared limits (Engine(shared_limits=...)) to hold it "
         'across the cluster, or DaskExecutor(limits="per-worker") to hold it '
@@ -57,11 +64,6 @@ def check_remote_limits(
                     f"tool {tool.name!r}{where} has a {option} that would not hold "
                     f"across worker processes; {fixes}"
                 )
-    for name in sorted(registry_limited):
-        raise ConfigError(
-            f"tool {name!r}{where} has a concurrency limit in Engine.limiters that "
-            f"would not hold across worker processes; {fixes}"
-        )
     if engine_rate_limited:
         raise ConfigError(
             f"Engine.rate_limit would not hold across worker processes{where}; {fixes}"

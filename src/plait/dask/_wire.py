@@ -6,18 +6,19 @@ what a document would describe, and a tool that cannot be written as an
 import path (a lambda, a nested function) is refused before the run.
 
 This spec is also where the engine's cross-process layers join the
-workers' engines: ``shared_limits`` (a ``RedisLimits`` url, namespace and
-lease TTL) and ``journal`` (a ``PostgresJournal`` dsn with the coordinator's
-run id and the element's path) are fields to add here; a worker builds its
-engine from them (see :func:`plait.dask._worker.worker_engine`).
+workers' engines: ``shared_limits`` (a ``RedisLimits``, which pickles as
+its url, namespace and lease TTL) and the engine's ``rate_limit``; a worker
+builds its engine from them (see :func:`plait.dask._worker.worker_engine`).
 """
 
 from __future__ import annotations
 
 import attrs
 
+from .._calls._shared import SharedLimits
 from .._io import dump
 from .._model._errors import WorkflowError
+from .._model._ratelimit import RateLimit
 from .._model._steps import Workflow
 from .._runtime._executor import RemoteTask
 
@@ -38,12 +39,19 @@ class WireSpec:
         max_concurrency: the worker engine's ``max_concurrency``.
         stale_after: seconds without a heartbeat of the coordinator after
             which the run's chunks stop themselves.
+        rate_limit: the coordinator engine's ``rate_limit``, kept by the
+            worker engine.
+        shared_limits: the coordinator engine's shared limits (they pickle
+            as their configuration and compare by it): the worker engine
+            admits every call under them.
     """
 
     document: str
     event_kinds: frozenset[str]
     max_concurrency: int
     stale_after: float = STALE_AFTER
+    rate_limit: RateLimit | None = None
+    shared_limits: SharedLimits | None = None
 
 
 def wire_spec(task: RemoteTask) -> WireSpec:
@@ -66,4 +74,6 @@ def wire_spec(task: RemoteTask) -> WireSpec:
         document=document,
         event_kinds=frozenset(str(k) for k in task.event_kinds),
         max_concurrency=task.step.max_concurrency or 100,
+        rate_limit=task.rate_limit,
+        shared_limits=task.shared_limits,
     )

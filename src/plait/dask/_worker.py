@@ -130,8 +130,8 @@ _engines_lock = threading.Lock()
 def worker_engine(spec: WireSpec) -> tuple[Engine, Workflow]:
     """The engine and chunk workflow of ``spec`` in this process (cached).
 
-    The one place a worker's engine is built: shared limits and a journal
-    join it here once the spec carries them.
+    The one place a worker's engine is built, with the coordinator
+    engine's rate limit and shared limits (a journal joins it here too).
     """
     with _engines_lock:
         found = _engines.get(spec)
@@ -139,7 +139,11 @@ def worker_engine(spec: WireSpec) -> tuple[Engine, Workflow]:
             _engines.move_to_end(spec)
             return found
     workflow = load(spec.document)
-    engine = Engine(max_concurrency=spec.max_concurrency)
+    engine = Engine(
+        max_concurrency=spec.max_concurrency,
+        rate_limit=spec.rate_limit,
+        shared_limits=spec.shared_limits,
+    )
     if spec.event_kinds:
         engine.subscribe(_to_sink, spec.event_kinds)
     with _engines_lock:

@@ -1,0 +1,154 @@
+"""How plait talks to Redis: redis-py clients, from any backend, never hanging.
+
+redis-py's asyncio client only runs on asyncio, and its connection pools
+belong to one event loop, with no hook to close them when the loop ends.
+So an admission from a task runs the sync client on plait's worker threads
+(the thread bridge), which wakes the task when the answer is in: one road
+for asyncio, uvloop and Trio, and one connection pool per process. The
+asyncio client's road (one client per loop) stays available for
+``benchmarks/shared_limits.py``, which measures both side by side: on a
+loaded 2-core machine it saved up to about a fifth of a call's cost on
+asyncio, within the noise in some runs.
+
+Everything else (releases, renewals, notices, ``set_limit``) uses the sync
+client from threads. Every connection has connect and read timeouts, so a
+server that accepts a connection but never answers is an unreachable one:
+:class:`plait.LimitBackendUnavailable`, never a hang.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .._concurrency._bridge import run_in_thread
+from .._concurrency._limits import Limiter
+from .._concurrency._threads import current_inbox
+from .._concurrency._wakeup import running_async_library
+from .._model._errors import LimitBackendUnavailable
+
+__all__ = ["Connection", "import_redis"]
+
+T = TypeVar("T")
+
+
+def import_redis() -> Any:
+    """The ``redis`` package, or an ImportError saying how to install it."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - the test extra has it
+        raise ImportError(
+            'plait.redis needs the redis client: pip install "plait[redis]"'
+        ) from exc
+    return redis
+
+
+def _nothing() -> None:
+    pass
+
+
+class Connection:
+    """The clients of one process for one server URL."""
+
+    def __init__(self, url: str, timeout: float, *, threads_only: bool = True) -> None:
+        self.redis = redis = import_redis()
+        self.url = url
+        self.timeout = timeout
+        self.threads_only = threads_only
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
+        # One immediate retry: a pooled connection that died with a server
+        # restart is replaced; a server that stays away fails at once.
+        self.sync = redis.Redis.from_url(
+            url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1), **self._options
+        )
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
+        self._sync_scripts: dict[str, Any] = {}
+        self._async: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._threads = Limiter(None, "redis threads")
+
+    def unavailable(self, exc: BaseException) -> LimitBackendUnavailable:
+        return LimitBackendUnavailable(
+            f"the shared-limits server at {self.url} is unavailable "
+            f"({type(exc).__name__}: {exc}); no call is admitted until it answers"
+        )
+
+    # -- sync, from threads ------------------------------------------------
+    def sync_call(self, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(self.sync)
+        except self._errors as exc:
+            raise self.unavailable(exc) from exc
+        except self.redis.exceptions.ResponseError as exc:
+            if _restarting(exc):
+                raise self.unavailable(exc) from exc
+            raise
+
+    def sync_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        runner = self._sync_scripts.get(script)
+        if runner is None:
+            runner = self._sync_scripts[script] = self.sync.register_script(script)
+        return self.sync_call(lambda r: runner(keys=keys, args=args, client=r))
+
+    def pubsub(self, channel: str) -> Any:
+        pubsub = self.sync.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(channel)
+        return pubsub
+
+    # -- from a task -------------------------------------------------------
+    async def script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` from the calling task, on whichever backend it is."""
+        if self.threads_only or running_async_library() != "asyncio":
+            return await run_in_thread(
+                self.sync_script, (script, keys, args), {}, _nothing, self._threads
+            )
+        client, scripts = self._async_client(current_inbox().key)
+        runner = scripts.get(script)
+        if runner is None:
+            runner = scripts[script] = client.register_script(script)
+        try:
+            return await runner(keys=keys, args=args, client=client)
+        except self._errors as exc:
+            raise self.unavailable(exc) from exc
+        except self.redis.exceptions.ResponseError as exc:
+            if _restarting(exc):
+                raise self.unavailable(exc) from exc
+            raise
+
+    def _async_client(self, loop: Any) -> tuple[Any, dict[str, Any]]:
+        try:
+            return self._async[loop]
+        except KeyError:
+            pass
+        import redis.asyncio
+        import redis.asyncio.retry
+
+        client = redis.asyncio.Redis.from_url(
+            self.url,
+            retry=redis.asyncio.retry.Retry(self.redis.backoff.NoBackoff(), 1),
+            **self._options,
+        )
+        entry: tuple[Any, dict[str, Any]] = (client, {})
+        with self._lock:
+            self._async[loop] = entry
+        return entry
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+def _restarting(exc: BaseException) -> bool:
+    """A reply that means the server is starting or failing over, not a bug."""
+    text = str(exc).split(" ", 1)[0]
+    return text in {"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}

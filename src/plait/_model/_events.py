@@ -36,6 +36,7 @@ class EventKind(enum.StrEnum):
     CALL_RATE_LIMITED = "call.rate_limited"
     CALL_TIMED_OUT = "call.timed_out"
     THREAD_ABANDONED = "call.thread_abandoned"
+    CALL_NOT_JOURNALED = "call.not_journaled"
 
     def __str__(self) -> str:
         return self.value

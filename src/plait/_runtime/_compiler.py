@@ -299,6 +299,7 @@ class Compiler:
             lean=self._lean_map(
                 step, child(template, "map") + "[{}]", env | {step.item}
             ),
+            run_id=self.run.run_id,
         )
 
         async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:

@@ -11,12 +11,22 @@ import anyio
 
 from .._calls._compose import compose
 from .._calls._context import RunContext, ToolRuntime
+from .._calls._durable import RunJournal
 from .._calls._middleware import Middleware
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
-from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
+from .._journal._codec import args_digest
+from .._journal._protocol import Journal
+from .._model._errors import (
+    ConfigError,
+    JournalError,
+    StepTimeout,
+    UnknownTool,
+    WorkflowError,
+)
 from .._model._events import EventBus, EventKind, Subscriber, Subscription
 from .._model._expr import did_you_mean
+from .._model._fingerprint import fingerprint
 from .._model._imports import ImportPath, import_tool
 from .._model._paths import index
 from .._model._ratelimit import RateLimit
@@ -26,6 +36,7 @@ from .._model._steps import Call, Step, Workflow
 from .._model._tools import Tool
 from .._model._validate import (
     CALLABLE,
+    Rule,
     check_count,
     check_seconds,
     instance_of,
@@ -43,6 +54,7 @@ FunctionSpec = Callable[..., Any] | tuple[str, Callable[..., Any]]
 _RATE_LIMIT = instance_of(RateLimit).or_none()
 _REGISTRY = instance_of(LimiterRegistry).or_none()
 _ON_ERROR = one_of("raise", "collect")
+_RUN_ID = Rule("a non-empty str", lambda v: isinstance(v, str) and bool(v)).or_none()
 
 
 class Engine:
@@ -64,6 +76,11 @@ class Engine:
             concurrency limits (key ``tool:<name>``), to share them with
             other engines, threads or event loops. By default the engine
             keeps its own.
+        journal: a journal of the engine's runs (:class:`plait.SqliteJournal`,
+            :class:`plait.PostgresJournal` or another :class:`plait.Journal`):
+            every finished call of a journaled tool is recorded, and running
+            a workflow again with the same ``run_id`` answers the calls that
+            succeeded from it. None (the default) costs nothing.
 
     An engine may run several workflows at once, from one event loop; they
     share its limits. It works on asyncio, uvloop and Trio, inside the
@@ -78,6 +95,7 @@ class Engine:
         rate_limit: RateLimit | None = None,
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
         _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
@@ -87,6 +105,13 @@ class Engine:
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
+        if journal is not None and not isinstance(journal, Journal):
+            raise ConfigError(
+                "Engine.journal must be a plait.SqliteJournal, a "
+                "plait.PostgresJournal or another plait.Journal, got "
+                f"{journal!r}"
+            )
+        self.journal = journal
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
         self._bucket = TokenBucket(rate_limit) if rate_limit is not None else None
@@ -209,8 +234,10 @@ class Engine:
         return self.events.subscribe(fn, kinds)
 
     # -- running -------------------------------------------------------------
-    def _new_run(self) -> RunContext:
-        return RunContext(
+    def _new_run(
+        self, run_id: str | None = None, journal: RunJournal | None = None
+    ) -> RunContext:
+        run = RunContext(
             events=self.events,
             engine_limiter=self._limiter,
             engine_bucket=self._bucket,
@@ -218,7 +245,11 @@ class Engine:
             # No bound of its own: the tools' and the engine's limits bound
             # the threads (see docs/explanation/design.md).
             thread_limiter=Limiter(None, "worker threads"),
+            journal=journal,
         )
+        if run_id is not None:
+            run.run_id = run_id
+        return run
 
     def _stats(self, run: RunContext, started: float) -> RunStats:
         return RunStats(
@@ -232,6 +263,7 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
         """Run ``workflow`` and return its output, failures and statistics.
 
@@ -240,6 +272,9 @@ class Engine:
             inputs: the run's variables, read with ``Var("name")``.
             deadline: seconds from now for the whole run; past it every step
                 is cancelled and :class:`plait.StepTimeout` raised.
+            run_id: the run's id (``RunResult.run_id``); a new one if None.
+                With a journal, an id that ran before resumes that run: its
+                successful calls are answered from the journal.
 
         Raises:
             WorkflowError: the workflow refers to unknown tools, functions or
@@ -248,13 +283,55 @@ class Engine:
             StepFailed: a step failed in raise mode (an ``ExceptionGroup`` of
                 them when several failed at once).
             StepTimeout: a step timeout or the deadline expired.
+            JournalError: with a journal, ``run_id`` holds another workflow's
+                run or runs elsewhere now (before any tool runs), a call's
+                arguments differ from the journaled ones, or the journal
+                could not be written.
         """
         step, scope = self._prepare(workflow, inputs)
         deadline = check_seconds(deadline, "deadline")
-        run = self._new_run()
+        _RUN_ID.check(run_id, "run_id")
+        run = self._new_run(run_id)
         root = Compiler(
             run, self._call_lookup, self._functions, self.max_concurrency
         ).compile(step, "", frozenset(scope))
+        if self.journal is None:
+            return await self._execute(run, root, scope, deadline)
+        # The journal layer is composed when a call step is compiled: compile
+        # again, now that the run has its journal (the first compile checked
+        # the workflow before the run was claimed).
+        name = (workflow.name or "") if isinstance(workflow, Workflow) else ""
+        run.journal = await RunJournal.open(
+            self.journal, run.run_id, name, fingerprint(workflow, _digest(scope))
+        )
+        status = "failed"
+        try:
+            root = Compiler(
+                run, self._call_lookup, self._functions, self.max_concurrency
+            ).compile(step, "", frozenset(scope))
+            result = await self._execute(run, root, scope, deadline)
+            status = "finished"
+            return result
+        except anyio.get_cancelled_exc_class():
+            status = "cancelled"
+            raise
+        except BaseExceptionGroup as group:
+            # Calls that met the journal's refusal at once (every worker of
+            # a map reading one chunk): the refusal is the error to fix.
+            refused = group.subgroup(JournalError)
+            if refused is None:
+                raise
+            raise _first(refused) from None
+        finally:
+            await _close_journal(run.journal, status)
+
+    async def _execute(
+        self,
+        run: RunContext,
+        root: Callable[[dict[str, Any], tuple[int, ...]], Any],
+        scope: dict[str, Any],
+        deadline: float | None,
+    ) -> RunResult:
         started = time.perf_counter()
         until = math.inf if deadline is None else anyio.current_time() + deadline
         try:
@@ -263,7 +340,12 @@ class Engine:
             if cancel.cancelled_caught:
                 assert deadline is not None  # nothing else cancels this scope
                 raise StepTimeout("", deadline, deadline=True)
-            return RunResult(output, tuple(run.failures), self._stats(run, started))
+            return RunResult(
+                output,
+                tuple(run.failures),
+                self._stats(run, started),
+                run_id=run.run_id,
+            )
         finally:
             # Counted however the run ends: threads abandoned by a failed or
             # cancelled run are the ones that matter most.
@@ -275,9 +357,10 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        run_id: str | None = None,
     ) -> Any:
         """Run ``workflow`` and return its output; see :meth:`execute`."""
-        result = await self.execute(workflow, inputs, deadline=deadline)
+        result = await self.execute(workflow, inputs, deadline=deadline, run_id=run_id)
         return result.output
 
     def _call_lookup(self, call: Call, path: str) -> ToolRuntime:
@@ -364,3 +447,32 @@ class Engine:
             )
         finally:
             self.abandoned_threads += run.abandoned_threads
+
+
+def _digest(inputs: dict[str, Any]) -> bytes | None:
+    """A digest of a run's inputs, or None when they cannot be encoded."""
+    try:
+        return args_digest("inputs", (), inputs)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, JournalError)
+    return error
+
+
+async def _close_journal(journal: RunJournal, status: str) -> None:
+    """Commit a run's journal as the run ends.
+
+    A journal error is raised only when the run itself succeeded: a run's
+    own error says more than the journal's.
+    """
+    try:
+        await journal.close(status)
+    except Exception:
+        if status == "finished":
+            raise

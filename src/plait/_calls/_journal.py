@@ -64,7 +64,7 @@ def return_annotation(fn: Any) -> Any:
     except Exception:  # an annotation that does not evaluate: take JSON as is
         return None
     annotation = hints.get("return")
-    if annotation is None or annotation is Any or annotation is type(None):
+    if annotation in (None, Any, object, type(None)):
         return None
     return annotation
 

@@ -43,9 +43,10 @@ class JsonCodec:
             a new ``cattrs.Converter()`` by default.
     """
 
-    __slots__ = ("_default", "converter")
+    __slots__ = ("_default", "_given", "converter")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
+        self._given = converter
         self.converter = converter if converter is not None else cattrs.Converter()
         self._default = _hook(self.converter)
 
@@ -53,7 +54,9 @@ class JsonCodec:
         return "JsonCodec()"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.converter,))
+        # A default converter is made again where it is unpickled.
+        given = self._given
+        return (type(self), () if given is None else (given,))
 
     def encode(self, value: Any) -> str:
         """``value`` as JSON text; ``TypeError``/``ValueError`` if it cannot be."""

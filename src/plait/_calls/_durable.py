@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from .._concurrency._threads import current_inbox
 from .._journal._protocol import Journal, JournalRecord, JournalRun
-from .._journal._writer import GroupWriter
+from .._journal._writer import MAX_GROUP, GroupWriter
 from .._model._errors import JournalError
 
 __all__ = ["BACKLOG", "CHUNK", "MAX_CHUNKS", "RunJournal"]
@@ -27,9 +27,10 @@ __all__ = ["BACKLOG", "CHUNK", "MAX_CHUNKS", "RunJournal"]
 CHUNK = 256
 #: Chunks kept at once (across the run's map steps), the oldest dropped first.
 MAX_CHUNKS = 64
-#: With ``"batch"`` durability, a call waits for its commit while more than
-#: this many records are queued: memory stays bounded if the disk is slow.
-BACKLOG = 20_000
+#: With ``"batch"`` durability, a call waits for its commit while this many
+#: records are not committed yet: a crash loses at most the calls in flight
+#: and one group, and memory stays bounded when the disk is slow.
+BACKLOG = MAX_GROUP
 #: Seconds a run's end waits for its last commit and its store to answer.
 CLOSE_TIMEOUT = 30.0
 

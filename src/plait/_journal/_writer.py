@@ -67,7 +67,7 @@ class GroupWriter:
                 # the group closes now rather than at its deadline.
                 self._waiters += 1
                 self._cond.notify()
-            elif self._idle:
+            elif self._idle or len(self._queue) == MAX_GROUP:
                 self._cond.notify()
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -11,12 +11,13 @@ whole run. A run that was new when it was opened reads nothing at all.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 
 import anyio
 import anyio.to_thread
 
-from .._concurrency._threads import current_inbox
+from .._concurrency._wakeup import soon_in_this_loop
 from .._journal._protocol import Journal, JournalRecord, JournalRun
 from .._journal._writer import MAX_GROUP, GroupWriter
 from .._model._errors import JournalError
@@ -24,9 +25,9 @@ from .._model._errors import JournalError
 __all__ = ["BACKLOG", "CHUNK", "MAX_CHUNKS", "RunJournal"]
 
 #: Elements of one map step read from the journal in one query.
-CHUNK = 256
+CHUNK = 512
 #: Chunks kept at once (across the run's map steps), the oldest dropped first.
-MAX_CHUNKS = 64
+MAX_CHUNKS = 32
 #: With ``"batch"`` durability, a call waits for its commit while this many
 #: records are not committed yet: a crash loses at most the calls in flight
 #: and one group, and memory stays bounded when the disk is slow.
@@ -45,8 +46,14 @@ class RunJournal:
         #: No record existed when the run was opened: nothing to look up.
         self.fresh = bool(store.fresh)
         self._store = store
+        self._inline = bool(getattr(store, "inline_reads", False))
         self._writer = GroupWriter(store.write, sync=self.sync, name=run_id)
-        self._post = current_inbox().post
+        # Calls that wait for their commit wait for one event per group: the
+        # writer thread has the loop swap it for a new one and set it.
+        self._soon = soon_in_this_loop()
+        self._wake = self._wake_from_writer
+        self._durable = 0
+        self._commit = anyio.Event()
         self._chunks: collections.OrderedDict[
             tuple[str, int], dict[int, JournalRecord]
         ] = collections.OrderedDict()
@@ -90,13 +97,33 @@ class RunJournal:
             self._sites[key] = site
         return site, loc[-1] if loc else -1
 
-    async def lookup(self, site: str, element: int) -> JournalRecord | None:
-        """The journaled success at ``site`` and ``element``, if there is one."""
-        key = (site, element // CHUNK if element >= 0 else -1)
-        records = self._chunks.get(key)
-        if records is None:
-            records = await self._load(key)
-        return records.pop(element, None)
+    def chunk(self, site: str, element: int) -> dict[int, JournalRecord] | None:
+        """The records of the chunk of ``element`` at ``site``, if in memory.
+
+        Replaying calls from a chunk in memory needs no await; pop the
+        record of ``element`` from it. None: get the chunk with :meth:`load`.
+        """
+        return self._chunks.get((site, element // CHUNK if element >= 0 else -1))
+
+    async def load(self, site: str, element: int) -> dict[int, JournalRecord]:
+        """Read the chunk of ``element`` at ``site`` (see :meth:`chunk`)."""
+        return await self._load((site, element // CHUNK if element >= 0 else -1))
+
+    async def read_ahead(self, site: str, element: int) -> None:
+        """Read the two chunks after ``element``'s when ``element`` is its first.
+
+        The call of a chunk's first element reads the chunks ahead, so that
+        the map's other workers find them in memory instead of all waiting
+        at the chunk's edge (a read on a worker thread can take a while to
+        get the GIL back from a busy event loop: two chunks of slack).
+        """
+        if element < 0 or element % CHUNK:
+            return
+        n = element // CHUNK
+        for ahead in (n + 1, n + 2):
+            key = (site, ahead)
+            if key not in self._chunks and key not in self._loading:
+                await self._load(key)
 
     async def _load(self, key: tuple[str, int]) -> dict[int, JournalRecord]:
         while (loading := self._loading.get(key)) is not None:
@@ -110,9 +137,12 @@ class RunJournal:
             site, n = key
             first, last = (n * CHUNK, n * CHUNK + CHUNK - 1) if n >= 0 else (-1, -1)
             try:
-                found = await anyio.to_thread.run_sync(
-                    self._store.fetch, site, first, last
-                )
+                if self._inline:
+                    found = self._store.fetch(site, first, last)
+                else:
+                    found = await anyio.to_thread.run_sync(
+                        self._store.fetch, site, first, last
+                    )
             except JournalError:
                 raise
             except Exception as error:
@@ -131,24 +161,34 @@ class RunJournal:
             done.set()
 
     # -- records ---------------------------------------------------------------
-    def record(self, record: JournalRecord) -> anyio.Event | None:
-        """Queue ``record``; the event to wait on before its output goes on.
+    def record(self, record: JournalRecord) -> int | None:
+        """Queue ``record``; the number to give :meth:`committed`, if it must wait.
 
         None when the call need not wait: ``"batch"`` durability with a
         writer that keeps up.
         """
         writer = self._writer
         if record.ok and (self.sync or writer.backlog >= BACKLOG):
-            committed = anyio.Event()
-            writer.put(record, functools.partial(self._post, committed))
-            return committed
+            return writer.put(record, self._wake)
         writer.put(record)
         return None
 
-    async def committed(self, event: anyio.Event) -> None:
-        """Wait for ``event`` from :meth:`record`; raise if the commit failed."""
-        await event.wait()
+    async def committed(self, number: int) -> None:
+        """Wait until record ``number`` is committed; raise if that failed."""
+        while self._durable < number:
+            await self._commit.wait()
         self.check()
+
+    def _wake_from_writer(self) -> None:
+        """On the writer thread: a group with waiting calls is committed."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+            self._soon(self._committed_now)
+
+    def _committed_now(self) -> None:
+        """On the loop: let the calls whose records are committed go on."""
+        self._durable = self._writer.committed
+        done, self._commit = self._commit, anyio.Event()
+        done.set()
 
     def check(self) -> None:
         """Raise :class:`JournalError` if writing the journal failed."""

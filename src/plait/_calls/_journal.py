@@ -78,6 +78,7 @@ def with_journal(
     codec = journal.codec
     site_of = journal.site
     record = journal.record
+    chunk = journal.chunk
 
     async def invoke(
         args: tuple[Any, ...],
@@ -92,7 +93,11 @@ def with_journal(
             return await inner(args, kwargs, template, loc)
         site, element = site_of(template, loc)
         if not journal.fresh:
-            found = await journal.lookup(site, element)
+            records = chunk(site, element)
+            if records is None:
+                records = await journal.load(site, element)
+            found = records.pop(element, None)
+            await journal.read_ahead(site, element)
             if found is not None:
                 return _replay(found, digest, template, loc)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.scanner
 from collections.abc import Callable
 from typing import Any
 
@@ -43,12 +44,15 @@ class JsonCodec:
             a new ``cattrs.Converter()`` by default.
     """
 
-    __slots__ = ("_default", "_given", "converter")
+    __slots__ = ("_encode", "_given", "_structure", "converter")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self._given = converter
         self.converter = converter if converter is not None else cattrs.Converter()
-        self._default = _hook(self.converter)
+        self._encode = json.JSONEncoder(
+            default=_hook(self.converter), separators=(",", ":")
+        ).encode
+        self._structure = self.converter.structure
 
     def __repr__(self) -> str:
         return "JsonCodec()"
@@ -60,16 +64,37 @@ class JsonCodec:
 
     def encode(self, value: Any) -> str:
         """``value`` as JSON text; ``TypeError``/``ValueError`` if it cannot be."""
-        return json.dumps(value, default=self._default, separators=(",", ":"))
+        kind = type(value)
+        if kind is int:
+            return int.__repr__(value)
+        if kind is str:
+            return _encode_str(value)
+        return self._encode(value)
 
     def decode(self, text: str, annotation: Any) -> Any:
         """The value of ``text``, structured as ``annotation`` unless None."""
-        value = json.loads(text)
-        if annotation is None:
+        value = _loads(text)
+        if annotation is None or type(value) is annotation:
             return value
-        return self.converter.structure(value, annotation)
+        return self._structure(value, annotation)
 
 
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` for text this codec wrote: the C scanner, no wrapper."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return json.loads(text)  # raises the usual JSONDecodeError
+    if end != len(text):
+        return json.loads(text)
+    return value
+
+
+_SCALARS = frozenset({int, str, float, bool, type(None)})
+_encode_str = json.encoder.encode_basestring_ascii
 _DIGEST_CONVERTER = cattrs.Converter()
 _digest_default = _hook(_DIGEST_CONVERTER)
 _dumps = json.JSONEncoder(
@@ -81,10 +106,18 @@ _blake2b = hashlib.blake2b
 def args_digest(tool: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """A hash of a tool's name and a call's arguments, the same in every process.
 
-    Keys are sorted, so dicts built in another order hash the same.
+    Keys are sorted, so dicts built in another order hash the same. Plain
+    positional scalars (the common map call) skip the JSON encoder: their
+    ``repr`` is as stable, and the ``r`` prefix keeps the two forms apart.
 
     Raises:
         TypeError, ValueError: an argument JSON cannot hold.
     """
-    text = _dumps((tool, args, kwargs)) if kwargs else _dumps((tool, args))
+    if not kwargs and (
+        (len(args) == 1 and type(args[0]) in _SCALARS)
+        or all(type(a) in _SCALARS for a in args)
+    ):
+        text = f"r{tool!r}{args!r}"
+    else:
+        text = "j" + (_dumps((tool, args, kwargs)) if kwargs else _dumps((tool, args)))
     return _blake2b(text.encode(), digest_size=16).digest()

@@ -242,6 +242,7 @@ class _PostgresRun:
         fresh: bool,
     ) -> None:
         self.fresh = fresh
+        self.inline_reads = False
         self._journal = journal
         self._db = db
         self._reader = reader

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -20,9 +20,8 @@ __all__ = [
 Durability = Literal["batch", "sync"]
 
 
-@attrs.frozen
-class JournalRecord:
-    """One finished call of a run.
+class JournalRecord(NamedTuple):
+    """One finished call of a run (a named tuple: one is made per call).
 
     Attributes:
         site: the call's path with its last element index left as ``{}``
@@ -79,6 +78,9 @@ class JournalRun(Protocol):
 
     #: True when the store held no record of this run when it was opened.
     fresh: bool
+    #: True when ``fetch`` is quick enough to call on the event loop's
+    #: thread (a local file); else it runs on a worker thread.
+    inline_reads: bool
 
     def fetch(self, site: str, first: int, last: int) -> Sequence[JournalRecord]:
         """The successes at ``site`` whose element is in ``first..last``."""

@@ -1,7 +1,15 @@
-"""The embedded journal: one SQLite file in WAL mode, stdlib ``sqlite3`` only."""
+"""The embedded journal: one SQLite file in WAL mode, stdlib ``sqlite3`` only.
+
+Groups of records go in and chunks of records come out as one JSON text
+each, through one SQL statement (``json_each`` / ``json_group_array``):
+``sqlite3`` lets go of the GIL around every step of a statement, and a
+thread that must get it back once per row from a busy event loop would
+wait a switch interval (5 ms) per row.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -35,7 +43,7 @@ CREATE TABLE IF NOT EXISTS plait_calls (
     attempt INTEGER NOT NULL,
     ok INTEGER NOT NULL,
     tool TEXT NOT NULL,
-    digest BLOB NOT NULL,
+    digest TEXT NOT NULL,
     output TEXT NOT NULL,
     PRIMARY KEY (run_id, site, element, attempt)
 ) WITHOUT ROWID;
@@ -48,6 +56,22 @@ SELECT r.run_id, r.workflow, r.status, r.updated,
     (SELECT COUNT(*) FROM (SELECT 1 FROM plait_calls c
         WHERE c.run_id = r.run_id GROUP BY c.site, c.element HAVING MAX(c.ok) = 0))
 FROM plait_runs r ORDER BY r.updated DESC
+"""
+
+
+_WRITE = """
+INSERT OR REPLACE INTO plait_calls
+SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+    json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+    json_extract(value, '$[6]')
+FROM json_each(?)
+"""
+
+_FETCH = """
+SELECT json_group_array(json_array(element, attempt, tool, digest, output))
+FROM plait_calls
+WHERE run_id = ? AND site = ? AND element BETWEEN ? AND ? AND ok = 1
 """
 
 
@@ -206,6 +230,9 @@ class _SqliteRun:
         fresh: bool,
     ) -> None:
         self.fresh = fresh
+        # A chunk is one statement on a local file, under a millisecond: a
+        # worker thread would wait longer for the GIL from the busy loop.
+        self.inline_reads = True
         self._journal = journal
         self._db = db
         self._reader = journal._connect()
@@ -215,32 +242,31 @@ class _SqliteRun:
 
     def fetch(self, site: str, first: int, last: int) -> list[JournalRecord]:
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT element, attempt, tool, digest, output FROM plait_calls "
-                "WHERE run_id = ? AND site = ? AND element BETWEEN ? AND ? "
-                "AND ok = 1",
-                (self._run_id, site, first, last),
-            ).fetchall()
+            (rows,) = self._reader.execute(
+                _FETCH, (self._run_id, site, first, last)
+            ).fetchone()
         return [
-            JournalRecord(site, element, attempt, True, tool, digest, output)
-            for element, attempt, tool, digest, output in rows
+            JournalRecord(
+                site, element, attempt, True, tool, bytes.fromhex(digest), output
+            )
+            for element, attempt, tool, digest, output in json.loads(rows)
         ]
 
     def write(self, records: Sequence[JournalRecord]) -> None:
-        run_id = self._run_id
-        rows = [
-            (run_id, r.site, r.element, r.attempt, r.ok, r.tool, r.digest, r.output)
-            for r in records
-        ]
+        rows = json.dumps(
+            [
+                (r.site, r.element, r.attempt, r.ok, r.tool, r.digest.hex(), r.output)
+                for r in records
+            ],
+            separators=(",", ":"),
+        )
+        args = (self._run_id, rows)
         db = self._db
         for delay in (0.05, 0.2, 1.0, None):
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO plait_calls VALUES (?,?,?,?,?,?,?,?)",
-                        rows,
-                    )
+                    db.execute(_WRITE, args)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")

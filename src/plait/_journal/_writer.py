@@ -24,6 +24,11 @@ MAX_DELAY = 0.1
 #: A group holds at most this many records.
 MAX_GROUP = 1000
 
+# Calls come fast: the thread commits as soon as this many are queued, so
+# that a group is written while the next one fills, and callers rarely find
+# a whole group not committed (then they wait, see RunJournal.record).
+_BUSY = MAX_GROUP // 4
+
 Wake = Callable[[], None]
 
 
@@ -57,18 +62,36 @@ class GroupWriter:
         """Records handed over and not committed yet."""
         return self._put - self._committed
 
-    def put(self, record: JournalRecord, wake: Wake | None = None) -> None:
-        """Queue ``record``; ``wake()`` runs on the thread once it is committed."""
+    @property
+    def committed(self) -> int:
+        """How many records put so far are committed (or dropped after an error)."""
+        return self._committed
+
+    def put(self, record: JournalRecord, wake: Wake | None = None) -> int:
+        """Queue ``record``; return its number (from 1) in the writer's order.
+
+        ``wake()`` runs on the thread once the record is committed, once per
+        group however many of its records share that ``wake``.
+
+        Called from one event loop's thread. Without ``wake`` the record is
+        appended without the lock (a deque append is atomic); a thread that
+        misses that wake-up finds the record within ``MAX_DELAY``.
+        """
+        self._put += 1
+        if wake is None:
+            self._queue.append((record, None))
+            if self._idle or len(self._queue) == _BUSY:
+                with self._cond:
+                    self._cond.notify()
+            return self._put
         with self._cond:
             self._queue.append((record, wake))
-            self._put += 1
-            if wake is not None and not self._sync:
+            if not self._sync:
                 # Someone waits for this record (the writer fell behind):
                 # the group closes now rather than at its deadline.
                 self._waiters += 1
-                self._cond.notify()
-            elif self._idle or len(self._queue) == MAX_GROUP:
-                self._cond.notify()
+            self._cond.notify()
+        return self._put
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every record put so far is committed; False on timeout."""
@@ -96,7 +119,9 @@ class GroupWriter:
                     if self._closing:
                         return
                     self._idle = True
-                    cond.wait()
+                    # Bounded: a record put without the lock may miss the
+                    # notify; it waits no longer than a batch group would.
+                    cond.wait(MAX_DELAY)
                     self._idle = False
                 if not self._sync:
                     self._fill_group(time.monotonic() + MAX_DELAY)
@@ -110,14 +135,13 @@ class GroupWriter:
             with cond:
                 self._committed += len(group)
                 cond.notify_all()
-            for _, wake in group:
-                if wake is not None:
-                    wake()
+            for wake in {wake for _, wake in group if wake is not None}:
+                wake()
 
     def _fill_group(self, deadline: float) -> None:
         """Wait (lock held) until the group is full, due, or someone waits on it."""
         queue, cond = self._queue, self._cond
-        while len(queue) < MAX_GROUP and not self._closing:
+        while len(queue) < _BUSY and not self._closing:
             if self._flush_to > self._committed:
                 return
             if self._waiters:

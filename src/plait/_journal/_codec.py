@@ -25,7 +25,9 @@ def _hook(converter: cattrs.Converter) -> Callable[[Any], Any]:
 
     def default(value: Any) -> Any:
         plain = unstructure(value)
-        if plain is value:
+        # The converter gives back what it cannot unstructure, or a copy of
+        # the same type (a set stays a set): JSON would ask again, forever.
+        if plain is value or type(plain) is type(value):
             raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
         return plain
 

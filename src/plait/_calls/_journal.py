@@ -25,7 +25,7 @@ from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._tools import Tool
 from ._attempt import Attempt
-from ._durable import RunJournal
+from ._durable import CHUNK, RunJournal
 from ._invoker import Invoker
 from ._report import CallReport
 
@@ -97,7 +97,8 @@ def with_journal(
             if records is None:
                 records = await journal.load(site, element)
             found = records.pop(element, None)
-            await journal.read_ahead(site, element)
+            if not element % CHUNK:  # a chunk's first element (or -1: no map)
+                await journal.read_ahead(site, element)
             if found is not None:
                 return _replay(found, digest, template, loc)
         try:

@@ -218,6 +218,30 @@ async def test_arguments_that_differ_at_a_path_are_refused(tmp_path: Path) -> No
     assert tools.calls["square", 5] == 0
 
 
+@pytest.mark.parametrize("kind", ["map", "parallel"])
+async def test_a_refusal_ends_the_run_in_collect_mode_too(
+    tmp_path: Path, kind: str
+) -> None:
+    tools = Tools()
+    seeds = iter([[1, 2, 3], [1, 5, 3]])
+
+    def source(_: Any) -> list[int]:
+        return next(seeds)
+
+    engine = plait.Engine(
+        tools=tools.make(), functions=[source], journal=journal(tmp_path)
+    )
+    body = Call("square", Var("item"))
+    step: plait.Step = MapReduce(plait.Fn("source", 0), body, on_error="collect")
+    if kind == "parallel":
+        step = MapReduce(
+            plait.Fn("source", 0), plait.Parallel(body, on_error="collect")
+        )
+    await engine.execute(step, run_id="nd")
+    with pytest.raises(plait.JournalError, match="other arguments"):
+        await engine.execute(step, run_id="nd")
+
+
 async def test_a_run_id_running_now_is_refused(tmp_path: Path) -> None:
     started, release = anyio.Event(), anyio.Event()
 

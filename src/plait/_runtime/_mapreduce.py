@@ -29,7 +29,7 @@ from .._calls._attempt import Steps
 from .._calls._current import CURRENT
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
-from .._model._errors import StepFailed
+from .._model._errors import JournalError, StepFailed
 from .._model._events import EventBus, EventKind
 from .._model._paths import fill
 from .._model._results import Failure
@@ -296,7 +296,8 @@ class _MapRun:
                             release()
                         done(started, template, here)
                 except Exception as error:
-                    if not spec.collect:
+                    # A journal's refusal ends the run, in collect mode too.
+                    if not spec.collect or isinstance(error, JournalError):
                         raise
                     value = self._keep_failure(error, here)
                 if keep:

@@ -264,13 +264,9 @@ class _SqliteRun:
         db = self._db
         for delay in (0.05, 0.2, 1.0, None):
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute(_WRITE, args)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                # One statement, its own transaction: the thread lets go of
+                # the GIL once per group, not once per BEGIN and COMMIT too.
+                db.execute(_WRITE, args)
                 return
             except sqlite3.OperationalError:
                 # "database is locked" past the busy timeout: another

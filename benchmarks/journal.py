@@ -20,8 +20,10 @@ times in one process on one event loop:
 - ``postgres batch`` (with ``--postgres DSN`` or ``PLAIT_BENCH_POSTGRES``):
   journaled calls per second on that server.
 
-Medians of the runs; a row passes when it meets its target
-(``TARGETS``). ``--quick`` is a smoke run.
+Medians of the runs, by the wall clock and by the process's CPU time (all
+its threads; steadier on a busy machine, where the writer thread also
+waits longer for the GIL). A row passes when its wall-clock figure meets
+its target (``TARGETS``). ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -69,16 +71,17 @@ async def t(x: int) -> int:
 STEP = MapReduce(Var("xs"), Call("t", Var("item")), max_concurrency=WORKERS)
 
 
-async def timed(run: Callable[[], Awaitable[Any]]) -> float:
-    start = time.perf_counter()
+async def timed(run: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``run()``."""
+    start, cpu = time.perf_counter(), time.process_time()
     await run()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 async def session(
     items: int, repeat: int, folder: Path, dsn: str | None
-) -> dict[str, list[float]]:
-    """Seconds of each contender's runs, interleaved."""
+) -> dict[str, list[tuple[float, float]]]:
+    """Wall-clock and CPU seconds of each contender's runs, interleaved."""
     xs = list(range(items))
     off = plait.Engine(tools=[t])
     journals: dict[str, plait.Journal] = {
@@ -88,7 +91,7 @@ async def session(
     if dsn:
         journals["postgres batch"] = plait.PostgresJournal(dsn)
     engines = {name: plait.Engine(tools=[t], journal=j) for name, j in journals.items()}
-    seconds: dict[str, list[float]] = {"off": [], "replay": []}
+    seconds: dict[str, list[tuple[float, float]]] = {"off": [], "replay": []}
     for name in engines:
         seconds[name] = []
     await off.run(STEP, {"xs": xs})  # warm up
@@ -125,20 +128,25 @@ def measure(
             backend=name,
             backend_options=options,
         )
-    medians = {k: statistics.median(v) for k, v in seconds.items()}
     rows = []
-    off_us = medians["off"] / items * 1e6
-    for what, median in medians.items():
+    off_us = statistics.median(w for w, _ in seconds["off"]) / items * 1e6
+    off_cpu = statistics.median(c for _, c in seconds["off"]) / items * 1e6
+    for what, samples in seconds.items():
+        median = statistics.median(w for w, _ in samples)
         us = median / items * 1e6
+        cpu = statistics.median(c for _, c in samples) / items * 1e6
         row: dict[str, Any] = {
             "what": what,
             "us_per_call": us,
-            "samples_s": seconds[what],
+            "cpu_us_per_call": cpu,
+            "samples_s": samples,
         }
         if what in ("sqlite batch", "sqlite sync"):
             row["value"] = us - off_us
+            row["cpu_value"] = cpu - off_cpu
         elif what in ("replay", "postgres batch"):
             row["value"] = items / median
+            row["cpu_value"] = 1e6 / cpu
         if what in TARGETS:
             kind, target = TARGETS[what]
             row["target"] = f"{kind} {target:,.0f}"
@@ -151,15 +159,18 @@ def measure(
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'contender':<15} {'us/call':>8} {'measure':>12} {'target':>26} {'ok':>4}",
-        f"{'-' * 15} {'-' * 8} {'-' * 12} {'-' * 26} {'-' * 4}",
+        f"{'contender':<15} {'us/call':>8} {'cpu us/call':>11} {'measure':>12} "
+        f"{'by cpu':>12} {'target':>26} {'ok':>4}",
+        f"{'-' * 15} {'-' * 8} {'-' * 11} {'-' * 12} {'-' * 12} {'-' * 26} {'-' * 4}",
     ]
     for row in result["rows"]:
-        value = row.get("value")
+        value, cpu = row.get("value"), row.get("cpu_value")
         shown = "" if value is None else f"{value:,.1f}"
+        shown_cpu = "" if cpu is None else f"{cpu:,.1f}"
         ok = "" if "passed" not in row else ("PASS" if row["passed"] else "FAIL")
         lines.append(
-            f"{row['what']:<15} {row['us_per_call']:>8.2f} {shown:>12} "
+            f"{row['what']:<15} {row['us_per_call']:>8.2f} "
+            f"{row['cpu_us_per_call']:>11.2f} {shown:>12} {shown_cpu:>12} "
             f"{row.get('target', ''):>26} {ok:>4}"
         )
     return "\n".join(lines)

@@ -174,3 +174,9 @@ def test_journal_benchmark_runs(postgres_dsn: str) -> None:
     assert set(journal.TARGETS) <= set(rows)
     assert all("passed" in rows[name] for name in journal.TARGETS)
     assert "postgres batch" in journal.table(result)
+
+
+def test_remote_benchmark_runs() -> None:
+    pytest.importorskip("distributed")
+    remote = _load("remote")
+    assert remote.main(["--quick", "--elements", "512"]) == 0

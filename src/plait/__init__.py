@@ -23,6 +23,7 @@ from ._model._errors import (
     ExpressionError,
     JournalError,
     PlaitError,
+    RemoteError,
     StepFailed,
     StepTimeout,
     ToolTimeout,
@@ -106,6 +107,7 @@ __all__ = [
     "StepTimeout",
     "StepFailed",
     "JournalError",
+    "RemoteError",
 ]
 
 publish(__name__, globals())

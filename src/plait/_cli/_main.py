@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tool calls in flight at once across the run (default 100)",
     )
     run.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the remote: true map steps on a Dask cluster: a scheduler "
+        "address, or 'local' for a cluster of worker processes on this machine "
+        '(pip install "plait[dask]")',
+    )
+    run.add_argument(
         "-o",
         "--output",
         type=Path,

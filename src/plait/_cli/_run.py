@@ -135,7 +135,32 @@ def _run(
     # Checked before the display starts; None becomes the name of the default.
     uvloop = bool(resolve_backend(args.backend)[1])
     backend = args.backend or ("uvloop" if uvloop else "asyncio")
-    options: dict[str, Any] = {}
+    executor = _executor(args.dask)
+    try:
+        return _run_on(args, file, workflow, inputs, backend, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _executor(dask: str | None) -> Any:
+    """The executor of ``--dask ADDRESS|local``, or None."""
+    if dask is None:
+        return None
+    from ..dask import DaskExecutor  # imported only when asked for
+
+    return DaskExecutor(None if dask == "local" else dask)
+
+
+def _run_on(
+    args: argparse.Namespace,
+    file: Path,
+    workflow: Workflow,
+    inputs: dict[str, Any],
+    backend: str,
+    executor: Any,
+) -> int:
+    options: dict[str, Any] = {"executor": executor}
     if args.max_concurrency is not None:
         options["max_concurrency"] = args.max_concurrency
     if args.journal is not None:

@@ -179,6 +179,7 @@ class _Writer:
                 "ordered": step.ordered,
                 "item": step.item,
                 "on_error": step.on_error,
+                "remote": step.remote,
             }
             if step.reduce is not None:
                 fields["reduce"] = self.function(step.reduce, (*loc, "reduce"))

@@ -41,6 +41,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
         "ordered",
         "item",
         "on_error",
+        "remote",
         "name",
         "timeout",
     ),
@@ -62,6 +63,7 @@ STEP_DEFAULTS: dict[str, object] = {
     "ordered": True,
     "item": "item",
     "on_error": "raise",
+    "remote": False,
 }
 ON_ERROR = ("raise", "collect")
 

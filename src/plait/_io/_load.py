@@ -72,6 +72,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
         "ordered",
         "item",
         "on_error",
+        "remote",
         "name",
         "timeout",
     ),

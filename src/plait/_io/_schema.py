@@ -152,6 +152,10 @@ def json_schema() -> dict[str, Any]:
                 "ordered": {"type": "boolean"},
                 "item": {"type": "string", "pattern": _IDENTIFIER},
                 "on_error": on_error,
+                "remote": {
+                    "type": "boolean",
+                    "description": "Run the elements on the engine's executor.",
+                },
             },
         ),
         "expression": {

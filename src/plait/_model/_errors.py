@@ -18,6 +18,7 @@ __all__ = [
     "ExpressionError",
     "PlaitError",
     "JournalError",
+    "RemoteError",
     "StepFailed",
     "StepTimeout",
     "ToolTimeout",
@@ -202,3 +203,26 @@ class JournalError(PlaitError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (str(self), self.run_id, self.path))
+
+
+class RemoteError(PlaitError):
+    """An exception raised on a worker that could not travel back as itself.
+
+    A remote map's :class:`plait.Failure` (or ``StepFailed.error``) is the
+    worker's original exception when it can be pickled; otherwise it is
+    this, with what could be kept.
+
+    Attributes:
+        type_name: the original exception's class, ``module.QualName``.
+        message: ``str()`` of the original exception.
+        traceback: the worker's formatted traceback text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))

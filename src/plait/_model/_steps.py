@@ -61,7 +61,7 @@ def _check_step(owner: object, field: str, value: object) -> None:
 
 
 def _fmt_opts(step: object, names: tuple[str, ...]) -> list[str]:
-    defaults = {"on_error": "raise", "ordered": True, "item": "item"}
+    defaults = {"on_error": "raise", "ordered": True, "item": "item", "remote": False}
     out = []
     for n in names:
         value = getattr(step, n)
@@ -363,6 +363,10 @@ class MapReduce(Step):
         item: the variable name of the element.
         on_error: ``"raise"`` or ``"collect"`` (failed elements become
             :class:`plait.Failure` in the list; a ``reduce`` skips them).
+        remote: the elements may run elsewhere: on the cluster of the
+            engine's ``executor`` (see :class:`plait.dask.DaskExecutor`),
+            in chunks, with ``max_concurrency`` per chunk. Without an
+            executor the step runs locally, unchanged.
     """
 
     over: Any = attrs.field(validator=_check_over)
@@ -375,6 +379,7 @@ class MapReduce(Step):
     ordered: bool = attrs.field(default=True, validator=BOOL)
     item: str = attrs.field(default="item", validator=IDENTIFIER)
     on_error: str = attrs.field(default="raise", validator=ON_ERROR)
+    remote: bool = attrs.field(default=False, kw_only=True, validator=BOOL)
     name: str | None = _name_field()
     timeout: float | None = _timeout_field()
 

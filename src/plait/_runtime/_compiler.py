@@ -31,8 +31,10 @@ from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
 from ._arguments import Evaluate, arguments
+from ._executor import Executor
 from ._failures import to_failure
 from ._mapreduce import NOTHING, LeanCall, MapSpec, Node, Scope, run_map
+from ._remote import remote_runner
 
 __all__ = ["Compiler", "Node"]
 
@@ -52,8 +54,10 @@ class Compiler:
         tools: ToolLookup,
         functions: Mapping[str, Callable[..., Any]],
         max_concurrency: int,
+        executor: Executor | None = None,
     ) -> None:
         self.run = run
+        self.executor = executor
         self.tools = tools
         self.functions = functions
         self.max_concurrency = max_concurrency
@@ -304,6 +308,19 @@ class Compiler:
             run_id=self.run.run_id,
         )
 
+        runner: Callable[..., Awaitable[Any]] = run_map
+        if step.remote and self.executor is not None:
+            runner = remote_runner(
+                step,
+                template,
+                executor=self.executor,
+                run=self.run,
+                lookup=self.tools,
+                functions=self.functions,
+                workers=spec.workers,
+                plain=_plain(template),
+            )
+
         async def map_reduce(scope: Scope, loc: tuple[int, ...]) -> Any:
             try:
                 source = over(scope)
@@ -313,7 +330,7 @@ class Compiler:
                 start = initial(scope) if initial is not None else NOTHING
             except Exception as error:
                 raise StepFailed(fill(initial_at, loc), error) from error
-            return await run_map(spec, scope, loc, source, start)
+            return await runner(spec, scope, loc, source, start)
 
         return map_reduce
 

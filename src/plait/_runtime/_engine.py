@@ -44,6 +44,7 @@ from .._model._validate import (
 )
 from ._batch import PreparedCall, run_calls
 from ._compiler import Compiler
+from ._executor import Executor
 
 __all__ = ["Engine"]
 
@@ -76,6 +77,9 @@ class Engine:
             concurrency limits (key ``tool:<name>``), to share them with
             other engines, threads or event loops. By default the engine
             keeps its own.
+        executor: where the elements of ``MapReduce(..., remote=True)``
+            steps run, such as a :class:`plait.dask.DaskExecutor`; without
+            one they run locally.
         journal: a journal of the engine's runs (:class:`plait.SqliteJournal`,
             :class:`plait.PostgresJournal` or another :class:`plait.Journal`):
             every finished call of a journaled tool is recorded, and running
@@ -95,6 +99,7 @@ class Engine:
         rate_limit: RateLimit | None = None,
         middleware: Sequence[Middleware] = (),
         limiters: LimiterRegistry | None = None,
+        executor: Executor | None = None,
         journal: Journal | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
@@ -105,6 +110,7 @@ class Engine:
         self.rate_limit = rate_limit
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.limiters = limiters
+        self.executor = _check_executor(executor)
         if journal is not None and not isinstance(journal, Journal):
             raise ConfigError(
                 "Engine.journal must be a plait.SqliteJournal, a "
@@ -292,9 +298,7 @@ class Engine:
         deadline = check_seconds(deadline, "deadline")
         _RUN_ID.check(run_id, "run_id")
         run = self._new_run(run_id)
-        root = Compiler(
-            run, self._call_lookup, self._functions, self.max_concurrency
-        ).compile(step, "", frozenset(scope))
+        root = self._compile(run, step, scope)
         if self.journal is None:
             return await self._execute(run, root, scope, deadline)
         # The journal layer is composed when a call step is compiled: compile
@@ -306,9 +310,7 @@ class Engine:
         )
         status = "failed"
         try:
-            root = Compiler(
-                run, self._call_lookup, self._functions, self.max_concurrency
-            ).compile(step, "", frozenset(scope))
+            root = self._compile(run, step, scope)
             result = await self._execute(run, root, scope, deadline)
             status = "finished"
             return result
@@ -324,6 +326,17 @@ class Engine:
             raise _first(refused) from None
         finally:
             await _close_journal(run.journal, status)
+
+    def _compile(
+        self, run: RunContext, step: Step, scope: dict[str, Any]
+    ) -> Callable[[dict[str, Any], tuple[int, ...]], Any]:
+        return Compiler(
+            run,
+            self._call_lookup,
+            self._functions,
+            self.max_concurrency,
+            executor=self.executor,
+        ).compile(step, "", frozenset(scope))
 
     async def _execute(
         self,
@@ -447,6 +460,17 @@ class Engine:
             )
         finally:
             self.abandoned_threads += run.abandoned_threads
+
+
+def _check_executor(executor: Executor | None) -> Executor | None:
+    if executor is not None and not all(
+        hasattr(executor, a) for a in ("limits", "prepare", "session")
+    ):
+        raise ConfigError(
+            "Engine.executor must be an executor such as "
+            f"plait.dask.DaskExecutor(), got {executor!r}"
+        )
+    return executor
 
 
 def _digest(inputs: dict[str, Any]) -> bytes | None:

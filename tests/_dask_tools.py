@@ -1,0 +1,105 @@
+"""Tools for the remote map tests: importable on the Dask workers.
+
+The workers of the tests' LocalCluster import this module by its import
+path (the tests' directory is on their ``sys.path``), as a real cluster's
+workers import a project's tools.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+
+import plait
+
+
+class Boom(Exception):
+    """A tool's failure that travels back as itself."""
+
+
+class Unpicklable(Exception):
+    """A failure that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+async def ainc(x: int) -> int:
+    await anyio.sleep(0)
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x % 10 == bad:
+        raise Boom(f"bad element {x}")
+    return x
+
+
+def fail_unpicklable(x: int) -> int:
+    if x == 2:
+        raise Unpicklable(f"cannot travel {x}")
+    return x
+
+
+def pid(x: int) -> int:
+    return os.getpid()
+
+
+def spin(n: int) -> int:
+    """CPU-bound pure Python."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+async def logged_sleep(x: int, log: str, seconds: float = 0.2) -> int:
+    """Append 'start x' and 'end x' lines (with a time) to the file ``log``."""
+    with open(log, "a") as f:
+        f.write(f"start {x} {time.time()}\n")
+    await anyio.sleep(seconds)
+    with open(log, "a") as f:
+        f.write(f"end {x} {time.time()}\n")
+    if x < 0:
+        raise Boom(f"negative {x}")
+    return x
+
+
+async def logged_fail(x: int, log: str) -> int:
+    """Fail at once for element 0; sleep and log like logged_sleep otherwise."""
+    if x == 0:
+        await anyio.sleep(0.3)
+        raise Boom("first element fails")
+    return await logged_sleep(x, log, 5.0)
+
+
+def kill_once(x: int, flag: str) -> int:
+    """The first call to see ``flag`` missing creates it and kills its worker."""
+    if x == 5:
+        try:
+            fd = os.open(flag, os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            os._exit(1)
+    time.sleep(0.002)
+    return x * 3
+
+
+limited = plait.tool(inc, name="limited", concurrency_limit=2)

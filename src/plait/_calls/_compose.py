@@ -1,7 +1,8 @@
 """The composer: builds a tool's call pipeline once, from the layers it uses.
 
-A call reads, outermost first: retry -> middleware -> attempt (admission ->
-timeout -> call). Each layer is a small function of its own module; the
+A call reads, outermost first: journal -> retry -> middleware -> attempt
+(admission -> timeout -> call); the journal layer only in a run with a
+journal, for a tool that has not opted out. Each layer is a small function of its own module; the
 composer leaves out every layer the call does not use, so a plain async
 tool under the engine's limit is one coroutine: its attempt.
 """
@@ -30,6 +31,7 @@ from ._attempt import (
 )
 from ._context import RunContext, ToolRuntime
 from ._invoker import Invoker
+from ._journal import counting_attempts, with_journal
 from ._middleware import with_middleware
 from ._report import CallReport
 from ._retry import with_retry
@@ -93,6 +95,9 @@ def compose_pipeline(
     admit = _admission(rt, run, limiters, buckets, report)
     steps = Steps(admit, report, None if layered else finish)
     attempt = _attempt(rt, run, steps, timeout)
+    journal = run.journal if tool.journal else None
+    if journal is not None:
+        attempt = counting_attempts(attempt)
     if run.middleware:
         attempt = with_middleware(
             attempt,
@@ -103,13 +108,17 @@ def compose_pipeline(
             *_shared_extra(run, report),
         )
     if retry is not None:
-        return Pipeline(with_retry(attempt, retry, report, finish), None)
-    if layered:  # middleware alone: one attempt, counted and finished as a call
-        return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
-    lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
-    if run.shared_limits is not None:
-        lean = None  # a shared lease may be lost: the attempt watches for it
-    return Pipeline(attempt, lean)
+        pipeline = Pipeline(with_retry(attempt, retry, report, finish), None)
+    elif layered:  # middleware alone: one attempt, counted and finished as a call
+        pipeline = Pipeline(with_retry(attempt, _ONCE, report, finish), None)
+    else:
+        lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
+        if run.shared_limits is not None:
+            lean = None  # a shared lease may be lost: the attempt watches for it
+        pipeline = Pipeline(attempt, lean)
+    if journal is not None:
+        return Pipeline(with_journal(pipeline.invoke, tool, journal, report), None)
+    return pipeline
 
 
 def _admission(
@@ -201,7 +210,9 @@ def _attempt(
         task_releases = not run.slots_follow_threads
     if run.shared_limits is not None:
         call = leased(call, steps.report)
-    return build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
+    return build_attempt(
+        call, steps, timeout=timeout, task_releases=task_releases, run_id=run.run_id
+    )
 
 
 def _finisher(report: CallReport, step_errors: bool) -> OnFailure:

@@ -38,6 +38,7 @@ class EventKind(enum.StrEnum):
     THREAD_ABANDONED = "call.thread_abandoned"
     LEASE_LOST = "call.lease_lost"
     LIMIT_CONFLICT = "limits.conflict"
+    CALL_NOT_JOURNALED = "call.not_journaled"
 
     def __str__(self) -> str:
         return self.value

@@ -185,6 +185,23 @@ def test_backpressure_script_end_to_end(
     assert len(overhead["plait_samples_us"]) == 1
 
 
+def test_journal_benchmark_runs(postgres_dsn: str) -> None:
+    journal = _load("journal")
+    result = journal.measure("asyncio", items=200, repeat=1, dsn=postgres_dsn)
+    rows = {row["what"]: row for row in result["rows"]}
+    assert set(rows) == {
+        "off",
+        "replay",
+        "sqlite batch",
+        "sqlite sync",
+        "postgres batch",
+    }
+    assert all(row["us_per_call"] > 0 for row in rows.values())
+    assert set(journal.TARGETS) <= set(rows)
+    assert all("passed" in rows[name] for name in journal.TARGETS)
+    assert "postgres batch" in journal.table(result)
+
+
 def test_remote_benchmark_runs() -> None:
     pytest.importorskip("distributed")
     remote = _load("remote")

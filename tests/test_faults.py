@@ -30,9 +30,11 @@ import asyncio
 import collections
 import gc
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -688,6 +690,10 @@ async def test_a_subscriber_raising_on_every_kind_of_event_never_breaks_the_run(
     async def broken() -> None:
         raise Boom("broken")
 
+    @plait.tool
+    async def unjournaled() -> frozenset[int]:
+        return frozenset({1})  # JSON holds no sets: call.not_journaled
+
     pushes: collections.Counter[int] = collections.Counter()
 
     @plait.tool(
@@ -700,7 +706,7 @@ async def test_a_subscriber_raising_on_every_kind_of_event_never_breaks_the_run(
             raise plait.RateLimited("429", retry_after="soon")
         return i
 
-    tools = [flaky, paced, slow, hung, broken, pushy]
+    tools = [flaky, paced, slow, hung, broken, unjournaled, pushy]
     wf = Parallel(
         MapReduce(Var("xs"), Call("flaky", Var("item"))),
         MapReduce(Var("xs"), Call("paced", Var("item"))),
@@ -708,11 +714,13 @@ async def test_a_subscriber_raising_on_every_kind_of_event_never_breaks_the_run(
         Call("hung"),
         Call("broken"),
         MapReduce(Var("xs"), Call("pushy", Var("item"))),
+        Call("unjournaled"),
         on_error="collect",
     )
 
     async def run(*subscribers: Callable[[plait.Event], Any]) -> plait.RunResult:
-        engine = plait.Engine(tools=tools)
+        journal = plait.SqliteJournal(Path(tempfile.mkdtemp()) / "runs.db")
+        engine = plait.Engine(tools=tools, journal=journal)
         for fn in subscribers:
             engine.subscribe(fn)
         result = await engine.execute(wf, {"xs": range(3)})

@@ -9,14 +9,20 @@ rate limits, timeouts and retries, and every task owned by a task group.
 from __future__ import annotations
 
 from . import tools
+from ._calls._current import CallInfo, current_call
 from ._calls._middleware import KeyedLimit, KeyedRateLimit, Middleware, Next, ToolCall
 from ._concurrency._bridge import check_cancelled
 from ._concurrency._limits import Limiter, LimiterRegistry
 from ._io import dump, json_schema, load
+from ._journal._codec import JsonCodec
+from ._journal._postgres import PostgresJournal
+from ._journal._protocol import Codec, Journal, JournalRecord, JournalRun, RunInfo
+from ._journal._sqlite import SqliteJournal
 from ._model._backpressure import Adaptive
 from ._model._errors import (
     ConfigError,
     ExpressionError,
+    JournalError,
     LeaseLost,
     LimitBackendUnavailable,
     PlaitError,
@@ -76,6 +82,17 @@ __all__ = [
     # backpressure from services
     "RateLimited",
     "Adaptive",
+    # durable runs
+    "SqliteJournal",
+    "PostgresJournal",
+    "Journal",
+    "JournalRun",
+    "JournalRecord",
+    "RunInfo",
+    "Codec",
+    "JsonCodec",
+    "current_call",
+    "CallInfo",
     # middleware
     "Middleware",
     "Next",
@@ -96,6 +113,7 @@ __all__ = [
     "ToolTimeout",
     "StepTimeout",
     "StepFailed",
+    "JournalError",
     "RemoteError",
     "LimitBackendUnavailable",
     "LeaseLost",

@@ -21,6 +21,7 @@ from .._concurrency._limits import Limiter
 from .._model._errors import ToolTimeout
 from .._model._events import EventKind
 from ._admission import Admission, Lease, Release
+from ._current import CURRENT
 from ._report import CallReport
 
 __all__ = ["Attempt", "Call", "OnFailure", "Steps", "build_attempt"]
@@ -197,6 +198,7 @@ def build_attempt(
     *,
     timeout: float | None,
     task_releases: bool,
+    run_id: str = "",
 ) -> Attempt:
     """Compose one attempt of a call from its :class:`Steps`.
 
@@ -206,8 +208,10 @@ def build_attempt(
         timeout: seconds per attempt, or None.
         task_releases: the task gives the slots back when the attempt ends
             (else the worker thread does).
+        run_id: the run's id, for :func:`plait.current_call` in the tool.
     """
     enter, wait, done, fail = steps.enter, steps.wait, steps.done, steps.fail
+    set_current, reset_current = CURRENT.set, CURRENT.reset
 
     async def attempt(
         args: tuple[Any, ...],
@@ -222,12 +226,14 @@ def build_attempt(
             if release is None:
                 release = await wait(template, loc, number, admission)
             started = _perf()
+            here = set_current((run_id, template, loc, number))
             try:
                 work = call(args, kwargs, release, template, loc, number)
                 if timeout is not None:
                     work = _within(work, timeout, steps.report, template, loc, number)
                 result = await work
             finally:
+                reset_current(here)
                 if task_releases:
                     release()
         except Exception as error:

@@ -1,12 +1,13 @@
 """The composer: builds a tool's call pipeline once, from the layers it uses.
 
-A call reads, outermost first: retry -> adaptive limit -> middleware ->
-attempt (admission -> timeout -> call). Each layer is a small function of
-its own module; the composer leaves out every layer the call does not use,
-so a plain async tool under the engine's limit is one coroutine: its
-attempt. The adaptive layer is there only for an :class:`plait.Adaptive`
-limit; the tool's cool-down (the pause after a push-back) only for a call
-with a retry policy, as a gate in its admission.
+A call reads, outermost first: journal -> retry -> adaptive limit ->
+middleware -> attempt (admission -> timeout -> call). Each layer is a
+small function of its own module; the composer leaves out every layer the
+call does not use, so a plain async tool under the engine's limit is one
+coroutine: its attempt. The journal layer is there only in a run with a
+journal, for a tool that has not opted out; the adaptive layer only for an
+:class:`plait.Adaptive` limit; the tool's cool-down (the pause after a
+push-back) only for a call with a retry policy, as a gate in its admission.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._attempt import (
 from ._backpressure import with_adaptive
 from ._context import RunContext, ToolRuntime
 from ._invoker import Invoker
+from ._journal import counting_attempts, with_journal
 from ._middleware import KeyedLimit, KeyedRateLimit, with_middleware
 from ._report import CallReport
 from ._retry import with_retry
@@ -104,6 +106,9 @@ def compose_pipeline(
         None if layered else finish,
     )
     attempt = _attempt(rt, run, steps, timeout)
+    journal = run.journal if tool.journal else None
+    if journal is not None:
+        attempt = counting_attempts(attempt)
     if run.middleware:
         attempt = with_middleware(
             attempt,
@@ -116,13 +121,17 @@ def compose_pipeline(
     if adaptive is not None:
         attempt = with_adaptive(attempt, report, adaptive)
     if retry is not None:
-        return Pipeline(with_retry(attempt, retry, report, finish, gate), None)
-    if layered:  # one attempt, counted and finished as a call
-        return Pipeline(with_retry(attempt, _ONCE, report, finish), None)
-    lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
-    if run.shared_limits is not None:
-        lean = None  # a shared lease may be lost: the attempt watches for it
-    return Pipeline(attempt, lean)
+        pipeline = Pipeline(with_retry(attempt, retry, report, finish, gate), None)
+    elif layered:  # one attempt, counted and finished as a call
+        pipeline = Pipeline(with_retry(attempt, _ONCE, report, finish), None)
+    else:
+        lean = Lean(tool.fn, steps) if tool.is_async and timeout is None else None
+        if run.shared_limits is not None:
+            lean = None  # a shared lease may be lost: the attempt watches for it
+        pipeline = Pipeline(attempt, lean)
+    if journal is not None:
+        return Pipeline(with_journal(pipeline.invoke, tool, journal, report), None)
+    return pipeline
 
 
 def _admission(
@@ -242,7 +251,9 @@ def _attempt(
         task_releases = not run.slots_follow_threads
     if run.shared_limits is not None:
         call = leased(call, steps.report)
-    return build_attempt(call, steps, timeout=timeout, task_releases=task_releases)
+    return build_attempt(
+        call, steps, timeout=timeout, task_releases=task_releases, run_id=run.run_id
+    )
 
 
 def _finisher(report: CallReport, step_errors: bool) -> OnFailure:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import attrs
 
 from .._concurrency._adaptive import AdaptiveLimit
@@ -12,6 +14,7 @@ from .._model._events import EventBus
 from .._model._results import Failure
 from .._model._stats import ToolCounters
 from .._model._tools import Tool
+from ._durable import RunJournal
 from ._middleware import Middleware
 from ._shared import SharedLimits
 
@@ -52,6 +55,12 @@ class RunContext:
     abandoned_threads: int = 0
     # Limits held by a server for every engine using it (None: all local).
     shared_limits: SharedLimits | None = None
+    #: The run's id: ``RunResult.run_id``, and what ``plait.current_call()``
+    #: gives tools; a new one unless the run was given one.
+    run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    #: The run's journal, when the engine has one: journaled tools' calls
+    #: get the journal layer (see :mod:`._journal`).
+    journal: RunJournal | None = None
 
     def counters_for(self, name: str) -> ToolCounters:
         """The counters of the tool called ``name``, made on first use."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._concurrency._groups import leaves
-from .._model._errors import StepFailed, WorkflowError
+from .._model._errors import JournalError, StepFailed, WorkflowError
 from .._model._imports import Imports
 from .._model._paths import show_path
 from .._model._validate import COUNT, Rule, number
@@ -80,7 +80,7 @@ def report(error: Exception, *, debug: bool) -> int:
 
 def describe(error: BaseException) -> str:
     """The message of an error for the command line."""
-    if isinstance(error, CommandError | WorkflowError | StepFailed):
+    if isinstance(error, CommandError | WorkflowError | StepFailed | JournalError):
         return str(error)
     if isinstance(error, BaseExceptionGroup):
         errors = list(leaves(error))
@@ -219,7 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress reports (default: 2 for plain lines, "
         "0.1 for the live display)",
     )
+    run.add_argument(
+        "--journal",
+        metavar="PATH_OR_DSN",
+        help="journal every tool call in this SQLite file (made if missing) or "
+        "PostgreSQL server (a postgresql:// DSN), so that the run can be resumed "
+        "with --run-id",
+    )
+    run.add_argument(
+        "--run-id",
+        type=_run_id,
+        metavar="ID",
+        help="the run's id; with --journal, an id that ran before resumes that "
+        "run: calls that succeeded are not made again (default: a new id, "
+        "printed on stderr)",
+    )
     run.set_defaults(handler=_run)
+
+    runs = commands.add_parser(
+        "runs",
+        parents=[common],
+        help="list the runs kept in a journal",
+        description="List the runs kept in a journal (a SQLite file or a "
+        "postgresql:// DSN): id, workflow, status, calls done and failures, "
+        "the latest first. A run whose process died shows as running.",
+    )
+    runs.add_argument("journal", metavar="PATH_OR_DSN")
+    runs.set_defaults(handler=_runs)
 
     validate = commands.add_parser(
         "validate",
@@ -288,6 +314,12 @@ _positive_int = _parsed(int, COUNT)
 _positive_float = _parsed(float, number())
 
 
+def _run_id(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty run id")
+    return text
+
+
 def _module_name(text: str) -> str:
     try:
         Imports((text,))
@@ -303,6 +335,12 @@ def _run(args: argparse.Namespace) -> int:
     from ._run import run_command
 
     return run_command(args)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from ._runs import runs_command
+
+    return runs_command(args)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ._display import Display, LiveDisplay, NoDisplay, PlainDisplay
 from ._exit import CommandError, ExitCode
 from ._files import importable_dir, load_file
 from ._json import to_json
+from ._runs import journal_at
 from ._summary import Outcome, Summary, print_plain, print_rich
 from ._tracker import RunTracker
 
@@ -158,10 +160,18 @@ def _run_on(
     backend: str,
     executor: Any,
 ) -> int:
-    if args.max_concurrency is None:
-        engine = Engine(executor=executor)
-    else:
-        engine = Engine(max_concurrency=args.max_concurrency, executor=executor)
+    options: dict[str, Any] = {"executor": executor}
+    if args.max_concurrency is not None:
+        options["max_concurrency"] = args.max_concurrency
+    if args.journal is not None:
+        options["journal"] = journal_at(args.journal)
+    engine = Engine(**options)
+    run_id = args.run_id or uuid.uuid4().hex
+    if args.journal is not None and not args.quiet:
+        print(
+            f"plait: run id {run_id} (resume it with --run-id {run_id})",
+            file=sys.stderr,
+        )
     tracker = RunTracker(workflow)
     instrumented = tracker.instrument(workflow, inputs)
     console = None
@@ -194,7 +204,7 @@ def _run_on(
 
         async def work() -> None:
             try:
-                outcome[0] = await engine.execute(instrumented, inputs)
+                outcome[0] = await engine.execute(instrumented, inputs, run_id=run_id)
             except Exception as error:
                 outcome[1] = error
             finally:

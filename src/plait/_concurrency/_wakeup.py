@@ -36,6 +36,7 @@ __all__ = [
     "TrioWaiter",
     "Waiter",
     "running_async_library",
+    "soon_in_this_loop",
     "task_waiter",
 ]
 
@@ -60,6 +61,15 @@ def _soon_in_this_loop() -> Callable[[Callable[[], object]], object]:
 
         return trio.lowlevel.current_trio_token().run_sync_soon
     return asyncio.get_running_loop().call_soon_threadsafe
+
+
+def soon_in_this_loop() -> Callable[[Callable[[], object]], object]:
+    """``run_soon(fn)``: have the event loop running now call ``fn`` soon.
+
+    ``run_soon`` may be called from any thread and never blocks; it raises
+    once the loop has closed.
+    """
+    return _soon_in_this_loop()
 
 
 class Waiter:

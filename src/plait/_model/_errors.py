@@ -21,6 +21,7 @@ __all__ = [
     "LeaseLost",
     "LimitBackendUnavailable",
     "PlaitError",
+    "JournalError",
     "RateLimited",
     "RemoteError",
     "StepFailed",
@@ -256,6 +257,28 @@ class HttpError(PlaitError):
 
 class HttpServerError(HttpError, ConnectionError):
     """An HTTP request got a 5xx status: transient, so retried by default."""
+
+
+class JournalError(PlaitError):
+    """A run's journal refuses to go on, or could not be read or written.
+
+    Raised for a run id that holds another workflow's calls, a call whose
+    arguments differ from the ones journaled at its path (a non-deterministic
+    ``over`` or input), a run id that another process is running at the same
+    time, and a journal store that failed or did not answer in time.
+
+    Attributes:
+        run_id: the run the journal belongs to.
+        path: the call's path when one call is concerned, else ``""``.
+    """
+
+    def __init__(self, message: str, run_id: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.run_id, self.path))
 
 
 class RemoteError(PlaitError):

@@ -41,6 +41,7 @@ class EventKind(enum.StrEnum):
     LIMIT_CHANGED = "tool.limit_changed"
     LEASE_LOST = "call.lease_lost"
     LIMIT_CONFLICT = "limits.conflict"
+    CALL_NOT_JOURNALED = "call.not_journaled"
 
     def __str__(self) -> str:
         return self.value

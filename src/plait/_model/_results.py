@@ -56,11 +56,14 @@ class RunResult:
         failures: every :class:`Failure` that collect mode recorded, in the
             order they happened, including those a ``reduce`` skipped.
         stats: per-tool counters and latency percentiles.
+        run_id: the run's id: the one given to ``run_id=``, or a new one.
+            With a journal, running the same workflow with it resumes the run.
     """
 
     output: Any
     failures: tuple[Failure, ...]
     stats: RunStats
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:

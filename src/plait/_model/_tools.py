@@ -56,6 +56,9 @@ class Tool:
         timeout: seconds per attempt, or None.
         retry: a :class:`Retry` policy, or None for a single attempt.
         rate_limit: a :class:`RateLimit` for this tool, per engine.
+        journal: whether an engine with a journal records this tool's calls
+            and replays them on resume; False runs the tool again on every
+            resume (a clock, a random draw, a health check).
         is_async: whether ``fn`` is a coroutine function (sync ones run on
             worker threads).
     """
@@ -74,6 +77,7 @@ class Tool:
     rate_limit: RateLimit | None = attrs.field(
         default=None, kw_only=True, validator=instance_of(RateLimit).or_none()
     )
+    journal: bool = attrs.field(default=True, kw_only=True, validator=instance_of(bool))
     is_async: bool = attrs.field(init=False, eq=False)
 
     @is_async.default
@@ -89,6 +93,8 @@ class Tool:
             for f in ("concurrency_limit", "timeout", "retry", "rate_limit")
             if getattr(self, f) is not None
         )
+        if not self.journal:
+            opts += ", journal=False"
         return f"Tool({self.name!r}{opts})"
 
     @classmethod
@@ -116,6 +122,7 @@ def tool(
     timeout: float | None = None,
     retry: Retry | None = None,
     rate_limit: RateLimit | None = None,
+    journal: bool = True,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -128,12 +135,15 @@ def tool(
     timeout: float | None = None,
     retry: Retry | None = None,
     rate_limit: RateLimit | None = None,
+    journal: bool = True,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a sync or async function a :class:`Tool`.
 
     Use it bare (``@plait.tool``) or with options
     (``@plait.tool(concurrency_limit=4, timeout=10, retry=plait.Retry())``).
-    The name defaults to the function's ``__name__``.
+    The name defaults to the function's ``__name__``. ``journal=False``
+    keeps the tool's calls out of an engine's journal (see
+    :class:`plait.SqliteJournal`): they run again on every resume.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -144,6 +154,7 @@ def tool(
             timeout=timeout,
             retry=retry,
             rate_limit=rate_limit,
+            journal=journal,
         )
 
     if fn is not None:

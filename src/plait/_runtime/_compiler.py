@@ -25,7 +25,7 @@ from .._calls._admission import drop_idle_lease
 from .._calls._compose import Pipeline, compose_pipeline
 from .._calls._context import RunContext, ToolRuntime
 from .._concurrency._groups import raise_collapsed
-from .._model._errors import StepFailed, StepTimeout, WorkflowError
+from .._model._errors import JournalError, StepFailed, StepTimeout, WorkflowError
 from .._model._events import EventKind
 from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
@@ -243,6 +243,8 @@ class Compiler:
                     return
                 try:
                     results[i] = await nodes[i](scope, loc)
+                except JournalError:
+                    raise  # the journal refused the run: not a step's failure
                 except Exception as error:
                     failure = to_failure(error, fill(templates[i], loc))
                     failures.append(failure)
@@ -303,6 +305,7 @@ class Compiler:
             lean=self._lean_map(
                 step, child(template, "map") + "[{}]", env | {step.item}
             ),
+            run_id=self.run.run_id,
         )
 
         runner: Callable[..., Awaitable[Any]] = run_map

@@ -11,15 +11,25 @@ import anyio
 
 from .._calls._compose import compose
 from .._calls._context import RunContext, ToolRuntime
+from .._calls._durable import RunJournal
 from .._calls._middleware import Middleware
 from .._calls._shared import SharedLimits
 from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter, LimiterRegistry
+from .._journal._codec import args_digest
+from .._journal._protocol import Journal
 from .._model._backpressure import Adaptive
-from .._model._errors import ConfigError, StepTimeout, UnknownTool, WorkflowError
+from .._model._errors import (
+    ConfigError,
+    JournalError,
+    StepTimeout,
+    UnknownTool,
+    WorkflowError,
+)
 from .._model._events import EventBus, EventKind, Subscriber, Subscription
 from .._model._expr import did_you_mean
+from .._model._fingerprint import fingerprint
 from .._model._imports import ImportPath, import_tool
 from .._model._paths import index
 from .._model._ratelimit import RateLimit
@@ -29,6 +39,7 @@ from .._model._steps import Call, Step, Workflow
 from .._model._tools import Tool
 from .._model._validate import (
     CALLABLE,
+    Rule,
     check_count,
     check_seconds,
     instance_of,
@@ -51,6 +62,7 @@ _SHARED = instance_of(
     SharedLimits, "shared-limits backend such as plait.redis.RedisLimits"
 ).or_none()
 _ON_ERROR = one_of("raise", "collect")
+_RUN_ID = Rule("a non-empty str", lambda v: isinstance(v, str) and bool(v)).or_none()
 
 
 class Engine:
@@ -82,6 +94,11 @@ class Engine:
             ``rate_limit`` and the :class:`plait.KeyedLimit` /
             :class:`plait.KeyedRateLimit` limits then hold across all of
             them; ``max_concurrency`` stays this engine's own.
+        journal: a journal of the engine's runs (:class:`plait.SqliteJournal`,
+            :class:`plait.PostgresJournal` or another :class:`plait.Journal`):
+            every finished call of a journaled tool is recorded, and running
+            a workflow again with the same ``run_id`` answers the calls that
+            succeeded from it. None (the default) costs nothing.
 
     An engine may run several workflows at once, from one event loop; they
     share its limits. It works on asyncio, uvloop and Trio, inside the
@@ -98,6 +115,7 @@ class Engine:
         limiters: LimiterRegistry | None = None,
         executor: Executor | None = None,
         shared_limits: SharedLimits | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._max_concurrency = check_count(max_concurrency, "Engine.max_concurrency")
         _RATE_LIMIT.check(rate_limit, "Engine.rate_limit")
@@ -110,6 +128,13 @@ class Engine:
         self.limiters = limiters
         self.executor = _check_executor(executor)
         self.shared_limits = shared_limits
+        if journal is not None and not isinstance(journal, Journal):
+            raise ConfigError(
+                "Engine.journal must be a plait.SqliteJournal, a "
+                "plait.PostgresJournal or another plait.Journal, got "
+                f"{journal!r}"
+            )
+        self.journal = journal
         self.events = EventBus()
         self._limiter = Limiter(max_concurrency, "engine")
         self._bucket = (
@@ -252,8 +277,10 @@ class Engine:
         return self.events.subscribe(fn, kinds)
 
     # -- running -------------------------------------------------------------
-    def _new_run(self) -> RunContext:
-        return RunContext(
+    def _new_run(
+        self, run_id: str | None = None, journal: RunJournal | None = None
+    ) -> RunContext:
+        run = RunContext(
             events=self.events,
             engine_limiter=self._limiter,
             engine_bucket=self._bucket,
@@ -262,7 +289,11 @@ class Engine:
             # the threads (see docs/explanation/design.md).
             thread_limiter=Limiter(None, "worker threads"),
             shared_limits=self.shared_limits,
+            journal=journal,
         )
+        if run_id is not None:
+            run.run_id = run_id
+        return run
 
     def _stats(self, run: RunContext, started: float) -> RunStats:
         return RunStats(
@@ -276,6 +307,7 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
         """Run ``workflow`` and return its output, failures and statistics.
 
@@ -284,6 +316,9 @@ class Engine:
             inputs: the run's variables, read with ``Var("name")``.
             deadline: seconds from now for the whole run; past it every step
                 is cancelled and :class:`plait.StepTimeout` raised.
+            run_id: the run's id (``RunResult.run_id``); a new one if None.
+                With a journal, an id that ran before resumes that run: its
+                successful calls are answered from the journal.
 
         Raises:
             WorkflowError: the workflow refers to unknown tools, functions or
@@ -292,17 +327,62 @@ class Engine:
             StepFailed: a step failed in raise mode (an ``ExceptionGroup`` of
                 them when several failed at once).
             StepTimeout: a step timeout or the deadline expired.
+            JournalError: with a journal, ``run_id`` holds another workflow's
+                run or runs elsewhere now (before any tool runs), a call's
+                arguments differ from the journaled ones, or the journal
+                could not be written.
         """
         step, scope = self._prepare(workflow, inputs)
         deadline = check_seconds(deadline, "deadline")
-        run = self._new_run()
-        root = Compiler(
+        _RUN_ID.check(run_id, "run_id")
+        run = self._new_run(run_id)
+        root = self._compile(run, step, scope)
+        if self.journal is None:
+            return await self._execute(run, root, scope, deadline)
+        # The journal layer is composed when a call step is compiled: compile
+        # again, now that the run has its journal (the first compile checked
+        # the workflow before the run was claimed).
+        name = (workflow.name or "") if isinstance(workflow, Workflow) else ""
+        run.journal = await RunJournal.open(
+            self.journal, run.run_id, name, fingerprint(workflow, _digest(scope))
+        )
+        status = "failed"
+        try:
+            root = self._compile(run, step, scope)
+            result = await self._execute(run, root, scope, deadline)
+            status = "finished"
+            return result
+        except anyio.get_cancelled_exc_class():
+            status = "cancelled"
+            raise
+        except BaseExceptionGroup as group:
+            # Calls that met the journal's refusal at once (every worker of
+            # a map reading one chunk): the refusal is the error to fix.
+            refused = group.subgroup(JournalError)
+            if refused is None:
+                raise
+            raise _first(refused) from None
+        finally:
+            await _close_journal(run.journal, status)
+
+    def _compile(
+        self, run: RunContext, step: Step, scope: dict[str, Any]
+    ) -> Callable[[dict[str, Any], tuple[int, ...]], Any]:
+        return Compiler(
             run,
             self._call_lookup,
             self._functions,
             self.max_concurrency,
             executor=self.executor,
         ).compile(step, "", frozenset(scope))
+
+    async def _execute(
+        self,
+        run: RunContext,
+        root: Callable[[dict[str, Any], tuple[int, ...]], Any],
+        scope: dict[str, Any],
+        deadline: float | None,
+    ) -> RunResult:
         started = time.perf_counter()
         until = math.inf if deadline is None else anyio.current_time() + deadline
         try:
@@ -312,7 +392,12 @@ class Engine:
             if cancel.cancelled_caught:
                 assert deadline is not None  # nothing else cancels this scope
                 raise StepTimeout("", deadline, deadline=True)
-            return RunResult(output, tuple(run.failures), self._stats(run, started))
+            return RunResult(
+                output,
+                tuple(run.failures),
+                self._stats(run, started),
+                run_id=run.run_id,
+            )
         finally:
             # Counted however the run ends: threads abandoned by a failed or
             # cancelled run are the ones that matter most.
@@ -324,9 +409,10 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         *,
         deadline: float | None = None,
+        run_id: str | None = None,
     ) -> Any:
         """Run ``workflow`` and return its output; see :meth:`execute`."""
-        result = await self.execute(workflow, inputs, deadline=deadline)
+        result = await self.execute(workflow, inputs, deadline=deadline, run_id=run_id)
         return result.output
 
     def _call_lookup(self, call: Call, path: str) -> ToolRuntime:
@@ -425,3 +511,32 @@ def _check_executor(executor: Executor | None) -> Executor | None:
             f"plait.dask.DaskExecutor(), got {executor!r}"
         )
     return executor
+
+
+def _digest(inputs: dict[str, Any]) -> bytes | None:
+    """A digest of a run's inputs, or None when they cannot be encoded."""
+    try:
+        return args_digest("inputs", (), inputs)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, JournalError)
+    return error
+
+
+async def _close_journal(journal: RunJournal, status: str) -> None:
+    """Commit a run's journal as the run ends.
+
+    A journal error is raised only when the run itself succeeded: a run's
+    own error says more than the journal's.
+    """
+    try:
+        await journal.close(status)
+    except Exception:
+        if status == "finished":
+            raise

@@ -26,9 +26,10 @@ import attrs
 
 from .._calls._admission import drop_idle_lease, lease_slots
 from .._calls._attempt import Steps
+from .._calls._current import CURRENT
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
-from .._model._errors import StepFailed
+from .._model._errors import JournalError, StepFailed
 from .._model._events import EventBus, EventKind
 from .._model._paths import fill
 from .._model._results import Failure
@@ -76,6 +77,7 @@ class MapSpec:
     events: EventBus
     engine_limiter: Limiter
     lean: LeanCall | None
+    run_id: str = ""
 
 
 class LeanCall(NamedTuple):
@@ -238,6 +240,8 @@ class _MapRun:
             if lean is not None:
                 fn, steps, arguments, template = lean
                 enter, done = steps.enter, steps.done
+                run_id = spec.run_id
+                set_current, reset_current = CURRENT.set, CURRENT.reset
                 own_scope = scope.copy()
             keep = spec.reduce_fn is None
             sync_iter = self.sync_iter
@@ -281,16 +285,19 @@ class _MapRun:
                         if release is None:
                             release = await steps.wait(template, here)
                         started = _perf()
+                        current = set_current((run_id, template, here, 1))
                         try:
                             value = await fn(*args, **kwargs)
                         except Exception as error:
                             steps.fail(error, template, here)
                             raise
                         finally:
+                            reset_current(current)
                             release()
                         done(started, template, here)
                 except Exception as error:
-                    if not spec.collect:
+                    # A journal's refusal ends the run, in collect mode too.
+                    if not spec.collect or isinstance(error, JournalError):
                         raise
                     value = self._keep_failure(error, here)
                 if keep:

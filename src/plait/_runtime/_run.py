@@ -19,13 +19,16 @@ def run(
     backend: str | None = None,
     tools: Iterable[ToolSpec] = (),
     deadline: float | None = None,
+    run_id: str | None = None,
     **engine_kw: Any,
 ) -> Any:
     """Run a workflow from synchronous code and return its output.
 
     Builds an :class:`Engine` from ``tools`` and ``engine_kw`` and runs the
     workflow on a new event loop. ``backend`` is None (uvloop if installed,
-    else asyncio), ``"asyncio"``, ``"uvloop"`` or ``"trio"``.
+    else asyncio), ``"asyncio"``, ``"uvloop"`` or ``"trio"``. With
+    ``journal=`` (an engine option) and ``run_id``, running again resumes
+    the run (see :meth:`Engine.execute`).
 
     Raises:
         RuntimeError: when an event loop is already running in this thread;
@@ -34,6 +37,6 @@ def run(
     engine = Engine(tools=tools, **engine_kw)
 
     async def main() -> Any:
-        return await engine.run(workflow, inputs, deadline=deadline)
+        return await engine.run(workflow, inputs, deadline=deadline, run_id=run_id)
 
     return run_sync(main, backend=backend, what="plait.run()")

@@ -8,6 +8,7 @@ import attrs
 
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._limits import Limiter
+from .._journal._protocol import Journal
 from .._model._events import EventBus
 from .._model._results import Failure
 from .._model._stats import ToolCounters
@@ -53,6 +54,9 @@ class RunContext:
     #: The run's journal, when the engine has one: journaled tools' calls
     #: get the journal layer (see :mod:`._journal`).
     journal: RunJournal | None = None
+    #: The engine's journal store (configuration only), known before the
+    #: run is opened in it: remote maps check it and send it to workers.
+    journal_store: Journal | None = None
 
     def counters_for(self, name: str) -> ToolCounters:
         """The counters of the tool called ``name``, made on first use."""

@@ -14,6 +14,14 @@ coordinator to stop the run) and reads the run's heartbeat ``Variable``
 heartbeat stays still for ``WireSpec.stale_after`` seconds (its coordinator is gone),
 the watch cancels every chunk of the run in this process and every chunk
 of it that starts afterwards returns at once.
+
+A chunk runs as a part of its coordinator's run (:func:`_run_placed`): under
+the coordinator's run id, with its calls at their coordinator paths for
+``plait.current_call()`` and for the journal. With a journal, the chunk opens
+the coordinator's run in it without claiming it (the coordinator holds the
+run's lease), answers the calls journaled before from it, and returns only
+once every call it finished is committed: the coordinator never folds an
+element whose record could still be lost.
 """
 
 from __future__ import annotations
@@ -32,13 +40,15 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .._calls._current import PLACE, placed
+from .._calls._durable import RunJournal
 from .._io import load
-from .._model._errors import RemoteError, StepFailed, StepTimeout
+from .._model._errors import JournalError, RemoteError, StepFailed, StepTimeout
 from .._model._events import Event
 from .._model._results import Failure
 from .._model._steps import Workflow
 from .._runtime._engine import Engine
-from .._runtime._executor import CHUNK_VAR, ChunkOutcome
+from .._runtime._executor import CHUNK_VAR, ChunkOutcome, ChunkPlace
 from ._wire import WireSpec
 
 __all__ = ["beat_name", "check_document", "run_chunk", "stop_name"]
@@ -75,14 +85,24 @@ def check_document(document: str) -> str | None:
 
 
 def run_chunk(
-    spec: WireSpec, run_id: str, scope: dict[str, Any], elements: list[Any]
+    spec: WireSpec,
+    run_id: str,
+    scope: dict[str, Any],
+    elements: list[Any],
+    place: ChunkPlace | None = None,
+    first: int = 0,
 ) -> ChunkOutcome:
-    """Run the chunk step over ``elements``; runs in a Dask worker's thread."""
+    """Run the chunk step over ``elements``; runs in a Dask worker's thread.
+
+    ``run_id`` names the executor's session (its stop event and heartbeat);
+    ``place`` is where the session sits in the coordinator's run, and
+    ``first`` the index of the chunk's first element in the remote map.
+    """
     watch = _WATCHES.join(run_id, spec.stale_after)
     try:
         if watch.stopped:
             return ChunkOutcome(stopped=True)
-        return anyio.run(_run, spec, watch, scope, elements)
+        return anyio.run(_run, spec, watch, scope, elements, place, first)
     finally:
         _WATCHES.leave(watch)
 
@@ -94,7 +114,12 @@ _SINK: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
 
 
 async def _run(
-    spec: WireSpec, watch: _Watch, scope: dict[str, Any], elements: list[Any]
+    spec: WireSpec,
+    watch: _Watch,
+    scope: dict[str, Any],
+    elements: list[Any],
+    place: ChunkPlace | None,
+    first: int,
 ) -> ChunkOutcome:
     engine, workflow = worker_engine(spec)
     events: list[Event] = []
@@ -105,7 +130,10 @@ async def _run(
     with anyio.CancelScope() as cancel:
         stop = watch.add(anyio.lowlevel.current_token(), cancel)
         try:
-            values = await engine.run(workflow, inputs)
+            if place is None:
+                values = await engine.run(workflow, inputs)
+            else:
+                values = await _run_placed(engine, workflow, inputs, place, first)
         except Exception as e:
             error = _portable_error(e)
         finally:
@@ -119,6 +147,63 @@ async def _run(
         ]
     portable = tuple(_event_portable(e) for e in events if e.path.startswith("map["))
     return ChunkOutcome(values=values, error=error, events=portable)
+
+
+async def _run_placed(
+    engine: Engine,
+    workflow: Workflow,
+    inputs: dict[str, Any],
+    place: ChunkPlace,
+    first: int,
+) -> Any:
+    """Run the chunk as a part of the coordinator's run (see the module doc)."""
+    step, scope = engine._prepare(workflow, inputs)
+    where = (place.item_template, place.loc, first)
+    journal: _PlacedJournal | None = None
+    if place.journal is not None:
+        opened = await _PlacedJournal.open(
+            place.journal, place.run_id, "", "", claim=False
+        )
+        assert isinstance(opened, _PlacedJournal)
+        journal = opened
+        journal.place = where
+    run = engine._new_run(place.run_id, journal)
+    token = PLACE.set(where)
+    finished = False
+    try:
+        root = engine._compile(run, step, scope)
+        result = await engine._execute(run, root, scope, None)
+        finished = True
+        return result.output
+    except BaseExceptionGroup as group:
+        # As Engine.execute: calls that met the journal's refusal at once.
+        refused = group.subgroup(JournalError)
+        if refused is None:
+            raise
+        error: BaseException = refused
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+    finally:
+        PLACE.reset(token)
+        if journal is not None:
+            # Commits every finished call (shielded); without a claim the
+            # run's status and lease stay the coordinator's.
+            try:
+                await journal.close("finished")
+            except Exception:
+                if finished:
+                    raise
+
+
+class _PlacedJournal(RunJournal):
+    """A chunk's side of its coordinator's run: records at coordinator paths."""
+
+    place: tuple[str, tuple[int, ...], int] = ("", (), 0)
+
+    def site(self, template: str, loc: tuple[int, ...]) -> tuple[str, int]:
+        template, loc = placed(template, loc, self.place)
+        return super().site(template, loc)
 
 
 # -- the engine of each remote map step, once per process ------------------------

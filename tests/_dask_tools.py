@@ -156,3 +156,9 @@ def call_key(x: int) -> list[str]:
     info = plait.current_call()
     assert info is not None
     return [info.run_id, info.path, info.idempotency_key]
+
+
+def listing(n: int, flag: str) -> list[int]:
+    """``range(n)``; once ``flag`` exists, its second half changes."""
+    shift = 100 if os.path.exists(flag) else 0
+    return [x if x < n // 2 else x + shift for x in range(n)]

@@ -8,6 +8,7 @@ element to a side-effect file, so that a test sees which calls ran twice.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 import _dask_tools as T
 import plait
-from plait import Call, Engine, MapReduce, Sequential, Var
+from plait import Call, Engine, Fn, MapReduce, Sequential, Var
 
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("psycopg")
@@ -214,6 +215,28 @@ def test_a_killed_coordinator_resumes_without_repeating_finished_calls(
     # Every call the dead coordinator's workers finished was committed
     # before its chunk returned, so the resume called none of them again.
     assert after - before == Counter(x for x in range(n) if x not in before)
+
+
+def test_a_worker_refuses_other_arguments_at_a_journaled_path(
+    executor: DaskExecutor, postgres_dsn: str, tmp_path: Path
+) -> None:
+    # The same inputs, but an 'over' that gives other elements on resume:
+    # the workers of the second chunk find other arguments at journaled paths.
+    log, flag = tmp_path / "effects", tmp_path / "shifted"
+    step = MapReduce(
+        Fn(T.listing, 8, str(flag)), Call(T.effect, Var("item"), str(log)), remote=True
+    )
+    journal = plait.PostgresJournal(postgres_dsn)
+    run_id = f"args-{uuid.uuid4().hex}"
+    assert plait.run(step, executor=executor, journal=journal, run_id=run_id)[1] == 1
+    flag.touch()
+    with pytest.raises(plait.JournalError, match=r"other arguments") as info:
+        plait.run(step, executor=executor, journal=journal, run_id=run_id)
+    assert info.value.run_id == run_id
+    # At the coordinator's path: one of the changed elements, 4 to 7.
+    assert re.fullmatch(r"map\[[4-7]\]", info.value.path)
+    assert f"at {info.value.path} has" in str(info.value)
+    assert effects_of(log) == Counter(range(8))  # no call of the changed elements
 
 
 # -- idempotency keys -------------------------------------------------------------

@@ -260,7 +260,8 @@ class _RemoteRun(MapRun):
                 events.emit(attrs.evolve(event, path=moved))
         if outcome.error is not None:
             if isinstance(outcome.error, JournalError):
-                raise outcome.error  # the journal's refusal ends the run as locally
+                # The journal's refusal ends the run as locally.
+                raise self._relocate_refusal(outcome.error, first)
             error = self._relocate_error(outcome.error, first)
             if error is outcome.error:
                 raise self._failed(error) from error
@@ -288,6 +289,14 @@ class _RemoteRun(MapRun):
             return None
         here = (*self.loc, first + int(match[1]))
         return fill(self.spec.item_template, here) + path[match.end() :]
+
+    def _relocate_refusal(self, error: JournalError, first: int) -> JournalError:
+        """A worker's journal refusal, at the call's coordinator path."""
+        path = self._relocate(error.path, first) if error.path else None
+        if path is None:
+            return error
+        message = str(error).replace(f" at {error.path} ", f" at {path} ")
+        return JournalError(message, error.run_id, path)
 
     def _relocate_error(self, error: BaseException, first: int) -> BaseException:
         """What a chunk raised, with coordinator paths (itself when it has none)."""

@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -43,6 +43,7 @@ import anyio.lowlevel
 from .._calls._current import PLACE, placed
 from .._calls._durable import RunJournal
 from .._io import load
+from .._journal._protocol import Journal, JournalRecord, JournalRun
 from .._model._errors import JournalError, RemoteError, StepFailed, StepTimeout
 from .._model._events import Event
 from .._model._results import Failure
@@ -133,7 +134,9 @@ async def _run(
             if place is None:
                 values = await engine.run(workflow, inputs)
             else:
-                values = await _run_placed(engine, workflow, inputs, place, first)
+                values = await _run_placed(
+                    engine, workflow, inputs, place, first, watch
+                )
         except Exception as e:
             error = _portable_error(e)
         finally:
@@ -155,17 +158,15 @@ async def _run_placed(
     inputs: dict[str, Any],
     place: ChunkPlace,
     first: int,
+    watch: _Watch,
 ) -> Any:
     """Run the chunk as a part of the coordinator's run (see the module doc)."""
     step, scope = engine._prepare(workflow, inputs)
     where = (place.item_template, place.loc, first)
     journal: _PlacedJournal | None = None
     if place.journal is not None:
-        opened = await _PlacedJournal.open(
-            place.journal, place.run_id, "", "", claim=False
-        )
-        assert isinstance(opened, _PlacedJournal)
-        journal = opened
+        store = await anyio.to_thread.run_sync(watch.store, place.journal, place.run_id)
+        journal = _PlacedJournal(place.journal, store, place.run_id)
         journal.place = where
     run = engine._new_run(place.run_id, journal)
     token = PLACE.set(where)
@@ -192,8 +193,54 @@ async def _run_placed(
             try:
                 await journal.close("finished")
             except Exception:
+                watch.drop_store()  # the next chunk connects again
                 if finished:
                     raise
+
+
+class _KeptRun:
+    """A run opened in a journal store, kept for the chunks of one session.
+
+    Opening a run on a server costs its connections (milliseconds): this
+    process opens it once per session of the coordinator (a run of one
+    remote map step) and its chunks share it; the session's watch finishes
+    it when no chunk of the session runs here any more. Every chunk looks
+    its calls up (``fresh`` is False): records of other chunks and of
+    other workers come and go meanwhile.
+    """
+
+    fresh = False
+
+    def __init__(self, store: JournalRun) -> None:
+        self.inner = store
+        self.inline_reads = bool(getattr(store, "inline_reads", False))
+
+    def fetch(self, site: str, first: int, last: int) -> Sequence[JournalRecord]:
+        return self.inner.fetch(site, first, last)
+
+    def write(self, records: Sequence[JournalRecord]) -> None:
+        self.inner.write(records)
+
+    def finish(self, status: str) -> None:
+        """A chunk ends: the store stays open for the session's next chunk."""
+
+
+def _open_kept(journal: Journal, run_id: str) -> _KeptRun:
+    try:
+        return _KeptRun(journal.open_run(run_id, "", "", claim=False))
+    except JournalError:
+        raise
+    except Exception as error:
+        raise JournalError(
+            f"cannot open run {run_id!r} in {journal!r}: {error}", run_id
+        ) from error
+
+
+def _finish_kept(kept: _KeptRun | None) -> None:
+    if kept is not None:
+        # Without a claim, finishing only closes the connections.
+        with contextlib.suppress(Exception):
+            kept.inner.finish("finished")
 
 
 class _PlacedJournal(RunJournal):
@@ -302,6 +349,8 @@ class _Watch:
         self._chunks: dict[int, tuple[Any, anyio.CancelScope]] = {}
         self._next = 0
         self._lock = threading.Lock()
+        self._kept: _KeptRun | None = None
+        self._store_lock = threading.Lock()
 
     def start(self) -> None:
         import distributed
@@ -318,6 +367,19 @@ class _Watch:
             name=f"plait-watch-{self.run_id}",
             daemon=True,
         ).start()
+
+    def store(self, journal: Journal, run_id: str) -> _KeptRun:
+        """The session's run in ``journal``, opened by the first chunk here."""
+        with self._store_lock:
+            if self._kept is None:
+                self._kept = _open_kept(journal, run_id)
+            return self._kept
+
+    def drop_store(self) -> None:
+        """Finish the kept store (a chunk found it broken, or the session ended)."""
+        with self._store_lock:
+            kept, self._kept = self._kept, None
+        _finish_kept(kept)
 
     def add(self, token: Any, scope: anyio.CancelScope) -> int:
         with self._lock:
@@ -356,6 +418,7 @@ class _Watch:
             chunks = list(self._chunks.values())
         for token, scope in chunks:
             _cancel_in(token, scope.cancel)
+        self.registry.release(self)
 
 
 def _cancel_in(token: Any, cancel: Callable[[], None]) -> None:
@@ -386,6 +449,16 @@ class _Watches:
             watch.users -= 1
             if not watch.users:
                 watch.idle_since = time.monotonic()
+            done = watch.stopped and not watch.users
+        if done:
+            watch.drop_store()
+
+    def release(self, watch: _Watch) -> None:
+        """A stopped watch: finish its store now if no chunk uses it."""
+        with self._lock:
+            idle = not watch.users
+        if idle:
+            watch.drop_store()
 
     def _forget_stopped(self) -> None:
         now = time.monotonic()
@@ -403,7 +476,8 @@ class _Watches:
             if watch.users or time.monotonic() - watch.idle_since < idle:
                 return False
             del self._watches[watch.run_id]
-            return True
+        watch.drop_store()
+        return True
 
 
 # The process-wide registry of watches: Dask runs chunks of many runs in

@@ -116,3 +116,49 @@ async def _logged_pid(x: int, log: str) -> int:
 
 
 logged_limited = plait.tool(_logged_pid, name="logged_limited", concurrency_limit=2)
+
+
+# -- journaled remote maps (tests/test_dask_journal.py) -----------------------------
+
+
+def effect(x: int, log: str, fail_flag: str = "") -> int:
+    """Append ``x`` to ``log`` (one write), then fail if ``fail_flag`` exists
+    and ``x % 7 == 3``; else return ``x * x``."""
+    if fail_flag and x % 7 == 3 and os.path.exists(fail_flag):
+        raise Boom(f"told to fail on {x}")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    return x * x
+
+
+def effect_kill_once(x: int, log: str, flag: str, kill_at: int = 13) -> int:
+    """As :func:`effect`; element ``kill_at``'s first call kills its worker,
+    after a pause that lets the chunk's other calls finish (and commit)."""
+    if x == kill_at and not os.path.exists(flag):
+        time.sleep(0.6)
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL)
+        os.close(fd)
+        os._exit(1)
+    return effect(x, log)
+
+
+def effect_slow(x: int, log: str, seconds: float = 0.05) -> int:
+    """As :func:`effect`, after ``seconds``."""
+    time.sleep(seconds)
+    return effect(x, log)
+
+
+def call_key(x: int) -> list[str]:
+    """The path and idempotency key ``plait.current_call()`` gives."""
+    info = plait.current_call()
+    assert info is not None
+    return [info.run_id, info.path, info.idempotency_key]
+
+
+def listing(n: int, flag: str) -> list[int]:
+    """``range(n)``; once ``flag`` exists, its second half changes."""
+    shift = 100 if os.path.exists(flag) else 0
+    return [x if x < n // 2 else x + shift for x in range(n)]

@@ -208,6 +208,13 @@ def test_remote_benchmark_runs() -> None:
     assert remote.main(["--quick", "--elements", "512"]) == 0
 
 
+def test_remote_journal_benchmark_runs(postgres_dsn: str) -> None:
+    pytest.importorskip("distributed")
+    module = _load("remote_journal")
+    argv = ["--quick", "--elements", "512", "--postgres", postgres_dsn]
+    assert module.main(argv) == 0
+
+
 def test_shared_limits_script_end_to_end(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from .._concurrency._adaptive import AdaptiveLimit
 from .._concurrency._bucket import TokenBucket
 from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter
+from .._journal._protocol import Journal
 from .._model._events import EventBus
 from .._model._results import Failure
 from .._model._stats import ToolCounters
@@ -61,6 +62,9 @@ class RunContext:
     #: The run's journal, when the engine has one: journaled tools' calls
     #: get the journal layer (see :mod:`._journal`).
     journal: RunJournal | None = None
+    #: The engine's journal store (configuration only), known before the
+    #: run is opened in it: remote maps check it and send it to workers.
+    journal_store: Journal | None = None
 
     def counters_for(self, name: str) -> ToolCounters:
         """The counters of the tool called ``name``, made on first use."""

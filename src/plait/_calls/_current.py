@@ -16,12 +16,47 @@ import attrs
 
 from .._model._paths import fill
 
-__all__ = ["CURRENT", "CallInfo", "current_call", "idempotency_key"]
+__all__ = [
+    "CHUNK_ITEM",
+    "CURRENT",
+    "PLACE",
+    "CallInfo",
+    "current_call",
+    "idempotency_key",
+    "placed",
+]
 
 #: ``(run_id, path template, element indexes, attempt)`` of the running call.
 CURRENT: ContextVar[tuple[str, str, tuple[int, ...], int] | None] = ContextVar(
     "plait_current_call", default=None
 )
+
+#: The item template of a remote map's chunk step, as a worker compiles it.
+CHUNK_ITEM = "map[{}]"
+
+#: Where the chunk step running in this context sits in its coordinator's
+#: run: ``(item template, outer element indexes, index of the chunk's first
+#: element)``; None outside a remote map's chunk (see :func:`placed`).
+PLACE: ContextVar[tuple[str, tuple[int, ...], int] | None] = ContextVar(
+    "plait_chunk_place", default=None
+)
+
+
+def placed(
+    template: str, loc: tuple[int, ...], place: tuple[str, tuple[int, ...], int]
+) -> tuple[str, tuple[int, ...]]:
+    """A chunk step's call path as its coordinator's: template and indexes.
+
+    A worker runs a remote map's chunk as a ``MapReduce`` of its own, whose
+    calls sit at ``map[j]...``; locally the same call sits at the remote
+    map's item template with element ``first + j`` after the outer indexes.
+    Journal records and idempotency keys use the coordinator's path, so that
+    a call has one key wherever it runs.
+    """
+    item, outer, first = place
+    if not template.startswith(CHUNK_ITEM) or not loc:
+        return template, loc
+    return item + template[len(CHUNK_ITEM) :], (*outer, first + loc[0], *loc[1:])
 
 
 @attrs.frozen
@@ -64,5 +99,8 @@ def current_call() -> CallInfo | None:
     if here is None:
         return None
     run_id, template, loc, attempt = here
+    place = PLACE.get()
+    if place is not None:  # a call of a remote map, on a worker
+        template, loc = placed(template, loc, place)
     path = fill(template, loc)
     return CallInfo(run_id, path, attempt, idempotency_key(run_id, path))

@@ -41,6 +41,9 @@ class RunJournal:
 
     def __init__(self, journal: Journal, store: JournalRun, run_id: str) -> None:
         self.run_id = run_id
+        #: The store's configuration (it pickles as such: a remote map's
+        #: workers open the same run in it).
+        self.journal = journal
         self.codec = journal.codec
         self.sync = journal.durability == "sync"
         #: No record existed when the run was opened: nothing to look up.

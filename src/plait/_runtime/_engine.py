@@ -290,6 +290,7 @@ class Engine:
             thread_limiter=Limiter(None, "worker threads"),
             shared_limits=self.shared_limits,
             journal=journal,
+            journal_store=self.journal,
         )
         if run_id is not None:
             run.run_id = run_id

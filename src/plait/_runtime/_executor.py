@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import attrs
 
 from .._calls._shared import SharedLimits
+from .._journal._protocol import Journal
 from .._model._events import Event, EventKind
 from .._model._ratelimit import RateLimit
 from .._model._steps import MapReduce
@@ -36,6 +37,7 @@ from .._model._tools import Tool
 __all__ = [
     "CHUNK_VAR",
     "ChunkOutcome",
+    "ChunkPlace",
     "ChunkSession",
     "Executor",
     "RemoteTask",
@@ -76,6 +78,30 @@ class RemoteTask:
     event_kinds: frozenset[EventKind]
     rate_limit: RateLimit | None = None
     shared_limits: SharedLimits | None = None
+    journal: Journal | None = None
+
+
+@attrs.frozen
+class ChunkPlace:
+    """Where one run of a remote map step sits in its coordinator's run.
+
+    A worker runs each chunk under the coordinator's run id, and gives its
+    calls their coordinator paths for journal records and idempotency keys
+    (see :func:`plait._calls._current.placed`).
+
+    Attributes:
+        run_id: the coordinator's run id.
+        item_template: the remote map's item path template
+            (``steps[1].map[{}]``).
+        loc: the outer element indexes the step runs under.
+        journal: the store to journal the chunks' calls in (the
+            coordinator's run is open in it), or None.
+    """
+
+    run_id: str
+    item_template: str
+    loc: tuple[int, ...]
+    journal: Journal | None = None
 
 
 @attrs.frozen
@@ -108,7 +134,12 @@ class ChunkSession(Protocol):
         """Chunks in flight at most."""
 
     def submit(self, number: int, elements: list[Any]) -> None:
-        """Start chunk ``number`` of ``elements``."""
+        """Start chunk ``number`` of ``elements``.
+
+        Chunks are submitted in order of their numbers, each right after
+        the one before in the input: chunk ``number``'s first element is
+        the count of elements submitted before it.
+        """
 
     async def completed(self) -> list[tuple[int, ChunkOutcome]]:
         """Wait for one or more submitted chunks; their numbers and outcomes."""
@@ -129,6 +160,10 @@ class Executor(Protocol):
         """
 
     def session(
-        self, prepared: Any, scope: dict[str, Any]
+        self, prepared: Any, scope: dict[str, Any], place: ChunkPlace | None = None
     ) -> AbstractAsyncContextManager[ChunkSession]:
-        """One run of the prepared step; ``scope`` holds ``RemoteTask.names``."""
+        """One run of the prepared step; ``scope`` holds ``RemoteTask.names``.
+
+        ``place`` says where the run sits in the coordinator's run; chunks
+        run under its run id and journal (None: a run of its own).
+        """

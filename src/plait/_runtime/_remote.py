@@ -25,13 +25,22 @@ from typing import Any
 import attrs
 
 from .._calls._context import RunContext, ToolRuntime
-from .._model._errors import StepFailed, StepTimeout
+from .._journal._protocol import Journal
+from .._journal._sqlite import SqliteJournal
+from .._model._errors import ConfigError, JournalError, StepFailed, StepTimeout
 from .._model._expr import Fn, Lit, Var
 from .._model._paths import fill
 from .._model._results import Failure
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
 from .._model._tools import Tool
-from ._executor import CHUNK_VAR, ChunkOutcome, ChunkSession, Executor, RemoteTask
+from ._executor import (
+    CHUNK_VAR,
+    ChunkOutcome,
+    ChunkPlace,
+    ChunkSession,
+    Executor,
+    RemoteTask,
+)
 from ._mapreduce import NOTHING, MapRun, MapSpec, Scope
 from ._remote_limits import check_remote_limits
 
@@ -52,6 +61,8 @@ class RemoteMap:
     prepared: object
     names: tuple[str, ...]
     template: str
+    #: The coordinator's run: its id and journal go with every chunk.
+    run: RunContext
 
 
 def remote_runner(
@@ -84,6 +95,7 @@ def remote_runner(
         shared=run.shared_limits is not None,
         path=plain,
     )
+    check_remote_journal(run.journal_store, plain)
     chunk_step = MapReduce(
         Var(CHUNK_VAR),
         body,
@@ -100,8 +112,9 @@ def remote_runner(
         event_kinds=frozenset(run.events.kinds),
         rate_limit=None if run.engine_bucket is None else run.engine_bucket.spec,
         shared_limits=run.shared_limits,
+        journal=run.journal_store,
     )
-    remote = RemoteMap(executor, executor.prepare(task), names, template)
+    remote = RemoteMap(executor, executor.prepare(task), names, template, run)
 
     async def run_remote(
         spec: MapSpec, scope: Scope, loc: tuple[int, ...], source: Any, start: Any
@@ -109,6 +122,25 @@ def remote_runner(
         return await _RemoteRun(remote, spec, scope, loc, source, start).run()
 
     return run_remote
+
+
+def check_remote_journal(journal: Journal | None, path: str) -> None:
+    """Refuse a journal that the workers of a remote map cannot write.
+
+    A ``SqliteJournal`` is a file on the coordinator's disk, locked by the
+    coordinator while its run goes on: workers on other machines cannot
+    open it, and workers on the same machine would wait on its lock.
+
+    Raises:
+        ConfigError: naming the journal and the remote map step.
+    """
+    if isinstance(journal, SqliteJournal):
+        raise ConfigError(
+            f"the remote map at {path} cannot journal its calls in {journal!r}: "
+            "its workers cannot write a SQLite file the coordinator holds; use "
+            "plait.PostgresJournal(dsn) (a server every worker reaches), or "
+            "run the map locally (remote=False, or an Engine without executor)"
+        )
 
 
 class _RemoteRun(MapRun):
@@ -140,9 +172,17 @@ class _RemoteRun(MapRun):
                 )
                 raise StepFailed(fill(spec.over_template, self.loc), error) from error
         values = {n: self.scope[n] for n in self.remote.names if n in self.scope}
+        run = self.remote.run
+        journal = None if run.journal is None else run.journal.journal
+        place = ChunkPlace(
+            run_id=run.run_id,
+            item_template=spec.item_template,
+            loc=self.loc,
+            journal=journal,
+        )
         try:
             async with self.remote.executor.session(
-                self.remote.prepared, values
+                self.remote.prepared, values, place
             ) as session:
                 await self._drive(session)
         finally:
@@ -219,6 +259,9 @@ class _RemoteRun(MapRun):
             if moved is not None:
                 events.emit(attrs.evolve(event, path=moved))
         if outcome.error is not None:
+            if isinstance(outcome.error, JournalError):
+                # The journal's refusal ends the run as locally.
+                raise self._relocate_refusal(outcome.error, first)
             error = self._relocate_error(outcome.error, first)
             if error is outcome.error:
                 raise self._failed(error) from error
@@ -246,6 +289,14 @@ class _RemoteRun(MapRun):
             return None
         here = (*self.loc, first + int(match[1]))
         return fill(self.spec.item_template, here) + path[match.end() :]
+
+    def _relocate_refusal(self, error: JournalError, first: int) -> JournalError:
+        """A worker's journal refusal, at the call's coordinator path."""
+        path = self._relocate(error.path, first) if error.path else None
+        if path is None:
+            return error
+        message = str(error).replace(f" at {error.path} ", f" at {path} ")
+        return JournalError(message, error.run_id, path)
 
     def _relocate_error(self, error: BaseException, first: int) -> BaseException:
         """What a chunk raised, with coordinator paths (itself when it has none)."""

@@ -34,7 +34,7 @@ import anyio.to_thread
 
 from .._model._errors import ConfigError, WorkflowError
 from .._model._validate import check_count, one_of
-from .._runtime._executor import ChunkOutcome, ChunkSession, RemoteTask
+from .._runtime._executor import ChunkOutcome, ChunkPlace, ChunkSession, RemoteTask
 from ._wire import WireSpec, wire_spec
 from ._worker import beat_name, check_document, run_chunk, stop_name
 
@@ -216,10 +216,10 @@ class DaskExecutor:
 
     @asynccontextmanager
     async def session(
-        self, prepared: WireSpec, scope: dict[str, Any]
+        self, prepared: WireSpec, scope: dict[str, Any], place: ChunkPlace | None = None
     ) -> AsyncIterator[ChunkSession]:
         """One run of a prepared remote map step (see the module doc)."""
-        run = _DaskRun(self, prepared)
+        run = _DaskRun(self, prepared, place)
         await anyio.to_thread.run_sync(run.open, scope)
         try:
             yield run
@@ -235,10 +235,15 @@ class DaskExecutor:
 class _DaskRun:
     """One run of one remote map step on the cluster: a :class:`ChunkSession`."""
 
-    def __init__(self, executor: DaskExecutor, spec: WireSpec) -> None:
+    def __init__(
+        self, executor: DaskExecutor, spec: WireSpec, place: ChunkPlace | None
+    ) -> None:
         self.executor = executor
         self.client: Any = executor.client
         self.spec = spec
+        self.place = place
+        # Elements submitted so far: the index of the next chunk's first one.
+        self.submitted = 0
         self.chunk_size = executor.chunk_size
         self.window = executor.window or 2
         self.run_id = uuid.uuid4().hex
@@ -316,9 +321,12 @@ class _DaskRun:
             self.run_id,
             self.scope,
             elements,
+            self.place,
+            self.submitted,
             key=f"plait-chunk-{self.run_id}-{number}",
             pure=False,
         )
+        self.submitted += len(elements)
         with self._futures_lock:
             self.futures[number] = future
 

@@ -9,6 +9,10 @@ This spec is also where the engine's cross-process layers join the
 workers' engines: ``shared_limits`` (a ``RedisLimits``, which pickles as
 its url, namespace and lease TTL) and the engine's ``rate_limit``; a worker
 builds its engine from them (see :func:`plait.dask._worker.worker_engine`).
+The engine's ``journal`` (a ``PostgresJournal``, which pickles as its
+settings) travels here too; each chunk opens the coordinator's run in it
+without claiming it (the run id travels with the chunk, see
+:class:`plait._runtime._executor.ChunkPlace`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import attrs
 
 from .._calls._shared import SharedLimits
 from .._io import dump
+from .._journal._protocol import Journal
 from .._model._errors import WorkflowError
 from .._model._ratelimit import RateLimit
 from .._model._steps import Workflow
@@ -44,6 +49,8 @@ class WireSpec:
         shared_limits: the coordinator engine's shared limits (they pickle
             as their configuration and compare by it): the worker engine
             admits every call under them.
+        journal: the coordinator engine's journal store (configuration
+            only): the chunks journal their calls in the coordinator's run.
     """
 
     document: str
@@ -52,6 +59,7 @@ class WireSpec:
     stale_after: float = STALE_AFTER
     rate_limit: RateLimit | None = None
     shared_limits: SharedLimits | None = None
+    journal: Journal | None = None
 
 
 def wire_spec(task: RemoteTask) -> WireSpec:
@@ -76,4 +84,5 @@ def wire_spec(task: RemoteTask) -> WireSpec:
         max_concurrency=task.step.max_concurrency or 100,
         rate_limit=task.rate_limit,
         shared_limits=task.shared_limits,
+        journal=task.journal,
     )

@@ -14,6 +14,14 @@ coordinator to stop the run) and reads the run's heartbeat ``Variable``
 heartbeat stays still for ``WireSpec.stale_after`` seconds (its coordinator is gone),
 the watch cancels every chunk of the run in this process and every chunk
 of it that starts afterwards returns at once.
+
+A chunk runs as a part of its coordinator's run (:func:`_run_placed`): under
+the coordinator's run id, with its calls at their coordinator paths for
+``plait.current_call()`` and for the journal. With a journal, the chunk opens
+the coordinator's run in it without claiming it (the coordinator holds the
+run's lease), answers the calls journaled before from it, and returns only
+once every call it finished is committed: the coordinator never folds an
+element whose record could still be lost.
 """
 
 from __future__ import annotations
@@ -25,20 +33,23 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .._calls._current import PLACE, placed
+from .._calls._durable import RunJournal
 from .._io import load
-from .._model._errors import RemoteError, StepFailed, StepTimeout
+from .._journal._protocol import Journal, JournalRecord, JournalRun
+from .._model._errors import JournalError, RemoteError, StepFailed, StepTimeout
 from .._model._events import Event
 from .._model._results import Failure
 from .._model._steps import Workflow
 from .._runtime._engine import Engine
-from .._runtime._executor import CHUNK_VAR, ChunkOutcome
+from .._runtime._executor import CHUNK_VAR, ChunkOutcome, ChunkPlace
 from ._wire import WireSpec
 
 __all__ = ["beat_name", "check_document", "run_chunk", "stop_name"]
@@ -75,14 +86,24 @@ def check_document(document: str) -> str | None:
 
 
 def run_chunk(
-    spec: WireSpec, run_id: str, scope: dict[str, Any], elements: list[Any]
+    spec: WireSpec,
+    run_id: str,
+    scope: dict[str, Any],
+    elements: list[Any],
+    place: ChunkPlace | None = None,
+    first: int = 0,
 ) -> ChunkOutcome:
-    """Run the chunk step over ``elements``; runs in a Dask worker's thread."""
+    """Run the chunk step over ``elements``; runs in a Dask worker's thread.
+
+    ``run_id`` names the executor's session (its stop event and heartbeat);
+    ``place`` is where the session sits in the coordinator's run, and
+    ``first`` the index of the chunk's first element in the remote map.
+    """
     watch = _WATCHES.join(run_id, spec.stale_after)
     try:
         if watch.stopped:
             return ChunkOutcome(stopped=True)
-        return anyio.run(_run, spec, watch, scope, elements)
+        return anyio.run(_run, spec, watch, scope, elements, place, first)
     finally:
         _WATCHES.leave(watch)
 
@@ -94,7 +115,12 @@ _SINK: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
 
 
 async def _run(
-    spec: WireSpec, watch: _Watch, scope: dict[str, Any], elements: list[Any]
+    spec: WireSpec,
+    watch: _Watch,
+    scope: dict[str, Any],
+    elements: list[Any],
+    place: ChunkPlace | None,
+    first: int,
 ) -> ChunkOutcome:
     engine, workflow = worker_engine(spec)
     events: list[Event] = []
@@ -105,7 +131,12 @@ async def _run(
     with anyio.CancelScope() as cancel:
         stop = watch.add(anyio.lowlevel.current_token(), cancel)
         try:
-            values = await engine.run(workflow, inputs)
+            if place is None:
+                values = await engine.run(workflow, inputs)
+            else:
+                values = await _run_placed(
+                    engine, workflow, inputs, place, first, watch
+                )
         except Exception as e:
             error = _portable_error(e)
         finally:
@@ -119,6 +150,107 @@ async def _run(
         ]
     portable = tuple(_event_portable(e) for e in events if e.path.startswith("map["))
     return ChunkOutcome(values=values, error=error, events=portable)
+
+
+async def _run_placed(
+    engine: Engine,
+    workflow: Workflow,
+    inputs: dict[str, Any],
+    place: ChunkPlace,
+    first: int,
+    watch: _Watch,
+) -> Any:
+    """Run the chunk as a part of the coordinator's run (see the module doc)."""
+    step, scope = engine._prepare(workflow, inputs)
+    where = (place.item_template, place.loc, first)
+    journal: _PlacedJournal | None = None
+    if place.journal is not None:
+        store = await anyio.to_thread.run_sync(watch.store, place.journal, place.run_id)
+        journal = _PlacedJournal(place.journal, store, place.run_id)
+        journal.place = where
+    run = engine._new_run(place.run_id, journal)
+    token = PLACE.set(where)
+    finished = False
+    try:
+        root = engine._compile(run, step, scope)
+        result = await engine._execute(run, root, scope, None)
+        finished = True
+        return result.output
+    except BaseExceptionGroup as group:
+        # As Engine.execute: calls that met the journal's refusal at once.
+        refused = group.subgroup(JournalError)
+        if refused is None:
+            raise
+        error: BaseException = refused
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+    finally:
+        PLACE.reset(token)
+        if journal is not None:
+            # Commits every finished call (shielded); without a claim the
+            # run's status and lease stay the coordinator's.
+            try:
+                await journal.close("finished")
+            except Exception:
+                watch.drop_store()  # the next chunk connects again
+                if finished:
+                    raise
+
+
+class _KeptRun:
+    """A run opened in a journal store, kept for the chunks of one session.
+
+    Opening a run on a server costs its connections (milliseconds): this
+    process opens it once per session of the coordinator (a run of one
+    remote map step) and its chunks share it; the session's watch finishes
+    it when no chunk of the session runs here any more. Every chunk looks
+    its calls up (``fresh`` is False): records of other chunks and of
+    other workers come and go meanwhile.
+    """
+
+    fresh = False
+
+    def __init__(self, store: JournalRun) -> None:
+        self.inner = store
+        self.inline_reads = bool(getattr(store, "inline_reads", False))
+
+    def fetch(self, site: str, first: int, last: int) -> Sequence[JournalRecord]:
+        return self.inner.fetch(site, first, last)
+
+    def write(self, records: Sequence[JournalRecord]) -> None:
+        self.inner.write(records)
+
+    def finish(self, status: str) -> None:
+        """A chunk ends: the store stays open for the session's next chunk."""
+
+
+def _open_kept(journal: Journal, run_id: str) -> _KeptRun:
+    try:
+        return _KeptRun(journal.open_run(run_id, "", "", claim=False))
+    except JournalError:
+        raise
+    except Exception as error:
+        raise JournalError(
+            f"cannot open run {run_id!r} in {journal!r}: {error}", run_id
+        ) from error
+
+
+def _finish_kept(kept: _KeptRun | None) -> None:
+    if kept is not None:
+        # Without a claim, finishing only closes the connections.
+        with contextlib.suppress(Exception):
+            kept.inner.finish("finished")
+
+
+class _PlacedJournal(RunJournal):
+    """A chunk's side of its coordinator's run: records at coordinator paths."""
+
+    place: tuple[str, tuple[int, ...], int] = ("", (), 0)
+
+    def site(self, template: str, loc: tuple[int, ...]) -> tuple[str, int]:
+        template, loc = placed(template, loc, self.place)
+        return super().site(template, loc)
 
 
 # -- the engine of each remote map step, once per process ------------------------
@@ -217,6 +349,8 @@ class _Watch:
         self._chunks: dict[int, tuple[Any, anyio.CancelScope]] = {}
         self._next = 0
         self._lock = threading.Lock()
+        self._kept: _KeptRun | None = None
+        self._store_lock = threading.Lock()
 
     def start(self) -> None:
         import distributed
@@ -233,6 +367,19 @@ class _Watch:
             name=f"plait-watch-{self.run_id}",
             daemon=True,
         ).start()
+
+    def store(self, journal: Journal, run_id: str) -> _KeptRun:
+        """The session's run in ``journal``, opened by the first chunk here."""
+        with self._store_lock:
+            if self._kept is None:
+                self._kept = _open_kept(journal, run_id)
+            return self._kept
+
+    def drop_store(self) -> None:
+        """Finish the kept store (a chunk found it broken, or the session ended)."""
+        with self._store_lock:
+            kept, self._kept = self._kept, None
+        _finish_kept(kept)
 
     def add(self, token: Any, scope: anyio.CancelScope) -> int:
         with self._lock:
@@ -271,6 +418,7 @@ class _Watch:
             chunks = list(self._chunks.values())
         for token, scope in chunks:
             _cancel_in(token, scope.cancel)
+        self.registry.release(self)
 
 
 def _cancel_in(token: Any, cancel: Callable[[], None]) -> None:
@@ -301,6 +449,16 @@ class _Watches:
             watch.users -= 1
             if not watch.users:
                 watch.idle_since = time.monotonic()
+            done = watch.stopped and not watch.users
+        if done:
+            watch.drop_store()
+
+    def release(self, watch: _Watch) -> None:
+        """A stopped watch: finish its store now if no chunk uses it."""
+        with self._lock:
+            idle = not watch.users
+        if idle:
+            watch.drop_store()
 
     def _forget_stopped(self) -> None:
         now = time.monotonic()
@@ -318,7 +476,8 @@ class _Watches:
             if watch.users or time.monotonic() - watch.idle_since < idle:
                 return False
             del self._watches[watch.run_id]
-            return True
+        watch.drop_store()
+        return True
 
 
 # The process-wide registry of watches: Dask runs chunks of many runs in

@@ -17,12 +17,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["free_port", "missing", "postgres_server", "redis_server"]
+__all__ = [
+    "free_port",
+    "missing",
+    "postgres_server",
+    "redis_server",
+    "restartable_redis_server",
+]
 
 
 def free_port() -> int:
@@ -54,38 +60,65 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on port {port} within 30 s")
 
 
+def _start(argv: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
+    """Start ``argv`` and wait until it listens on ``port``."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, proc, what)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A fresh ``redis-server`` on loopback; yields its ``redis://`` URL."""
+def restartable_redis_server() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A fresh ``redis-server`` on loopback: its ``redis://`` URL, and a restart.
+
+    The restart stops the server and starts a new one on the same port
+    (with no data: nothing is saved).
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         missing("redis-server")
         raise AssertionError("unreachable")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="plait-redis-") as tmp:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--dir", tmp,
-                "--save", "",
-                "--appendonly", "no",
-                "--protected-mode", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        argv = [
+            exe,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", tmp,
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        procs = [_start(argv, port, "redis-server")]
+
+        def restart() -> None:
+            _stop(procs[0])
+            procs[0] = _start(argv, port, "redis-server")
+
         try:
-            _wait_for_port(port, proc, "redis-server")
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{port}/0", restart
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(procs[0])
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A fresh ``redis-server`` on loopback; yields its ``redis://`` URL."""
+    with restartable_redis_server() as (url, _):
+        yield url
 
 
 def _postgres_bin() -> Path | None:

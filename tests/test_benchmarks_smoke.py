@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,18 @@ SHAPES = [
 def _load(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as a module."""
     return load_script(BENCHMARKS / f"{name}.py", "plait_bench")
+
+
+def _run_main(
+    module: ModuleType,
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[str, Any]:
+    """Run ``module.main(argv)`` with ``--json``: what it printed, what it wrote."""
+    out = tmp_path / "results.json"
+    assert module.main([*argv, "--json", str(out)]) == 0
+    return capsys.readouterr().out, json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +86,11 @@ def test_script_end_to_end(
     overhead: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("psutil")
-    out = tmp_path / "results.json"
     argv = ["--items", "300", "--repeat", "1", "--memory-items", "300"]
-    argv += ["--backends", "trio", "--json", str(out)]
-    assert overhead.main(argv) == 0
-    printed = capsys.readouterr().out
+    argv += ["--backends", "trio"]
+    printed, data = _run_main(overhead, argv, tmp_path, capsys)
     assert "ratio" in printed
     assert "growth MB" in printed
-    data = json.loads(out.read_text())
     assert [r["shape"] for r in data["overhead"]] == SHAPES
     assert data["memory"][0]["backend"] == "trio"
     assert data["memory"][0]["items"] == 300
@@ -115,13 +125,10 @@ def test_script_rejects_unknown_shape(overhead: ModuleType) -> None:
 def test_cancel_latency_script_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module = _load("cancel_latency")
-    out = tmp_path / "latency.json"
-    argv = ["--pending", "20", "--repeat", "1", "--json", str(out)]
-    assert module.main(argv) == 0
-    printed = capsys.readouterr().out
+    argv = ["--pending", "20", "--repeat", "1"]
+    printed, data = _run_main(_load("cancel_latency"), argv, tmp_path, capsys)
     assert "| backend | step | blocked in |" in printed
-    results = json.loads(out.read_text())["results"]
+    results = data["results"]
     cases = {(r["backend"], r["step"], r["scenario"]) for r in results}
     assert cases == {
         (b, step, scenario)
@@ -139,13 +146,9 @@ def test_cancel_latency_script_end_to_end(
 def test_agents_script_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module = _load("agents")
-    out = tmp_path / "agents.json"
     argv = ["--agents", "30", "--sleep", "0.001", "--batch", "10", "--repeat", "1"]
-    assert module.main([*argv, "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, rows = _run_main(_load("agents"), argv, tmp_path, capsys)
     assert "| contender | ideal s |" in printed
-    rows = json.loads(out.read_text())
     names = {r["contender"] for r in rows}
     assert "ThreadPoolExecutor" in names
     for b in BACKENDS:
@@ -162,15 +165,11 @@ def test_agents_script_end_to_end(
 def test_backpressure_script_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module = _load("backpressure")
-    out = tmp_path / "backpressure.json"
     argv = ["--requests", "40", "--warmup", "0.1", "--overhead-requests", "20"]
-    argv += ["--repeat", "1", "--backends", "trio", "--json", str(out)]
-    assert module.main(argv) == 0
-    printed = capsys.readouterr().out
+    argv += ["--repeat", "1", "--backends", "trio"]
+    printed, data = _run_main(_load("backpressure"), argv, tmp_path, capsys)
     assert "| backend | contender |" in printed
     assert "bare httpx us/request" in printed
-    data = json.loads(out.read_text())
     assert [r["contender"] for r in data["quota"]] == [
         "plait Adaptive",
         "naive retry loop",
@@ -219,14 +218,11 @@ def test_shared_limits_script_end_to_end(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     module = _load("shared_limits")
-    out = tmp_path / "shared.json"
     argv = ["--quick", "--url", redis_url, "--calls", "60", "--processes", "2"]
-    argv += ["--tasks", "2", "--seconds", "1", "--json", str(out)]
-    assert module.main(argv) == 0
-    printed = capsys.readouterr().out
+    argv += ["--tasks", "2", "--seconds", "1"]
+    printed, data = _run_main(module, argv, tmp_path, capsys)
     assert "admit+release us" in printed
     assert "all scripts per call" in printed
-    data = json.loads(out.read_text())
     assert [(r["backend"], r["road"]) for r in data["uncontended"]] == [
         *((b, road) for b, road, _ in module.ROADS),
         ("none", "raw script pair, one thread"),

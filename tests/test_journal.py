@@ -18,6 +18,7 @@ import attrs
 import pytest
 
 import plait
+from _journal_checks import check_a_running_id_is_refused
 from plait import Call, MapReduce, Sequential, Var
 
 pytestmark = pytest.mark.anyio
@@ -243,25 +244,7 @@ async def test_a_refusal_ends_the_run_in_collect_mode_too(
 
 
 async def test_a_run_id_running_now_is_refused(tmp_path: Path) -> None:
-    started, release = anyio.Event(), anyio.Event()
-
-    @plait.tool
-    async def wait() -> int:
-        started.set()
-        await release.wait()
-        return 1
-
-    engine = plait.Engine(tools=[wait], journal=journal(tmp_path))
-    other = plait.Engine(tools=[wait], journal=journal(tmp_path))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(engine.execute, Call("wait"), None)
-        tg.start_soon(lambda: engine.execute(Call("wait"), run_id="busy"))
-        await started.wait()
-        with pytest.raises(plait.JournalError, match="running in another"):
-            await other.execute(Call("wait"), run_id="busy")
-        release.set()
-    # Once it ended, the id can be resumed.
-    assert await other.run(Call("wait"), run_id="busy") == 1
+    await check_a_running_id_is_refused(lambda: journal(tmp_path), "busy")
 
 
 async def test_an_output_that_cannot_be_encoded_is_not_journaled(

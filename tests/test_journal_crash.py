@@ -110,33 +110,40 @@ def test_killed_part_way_resumes_to_the_same_output(
     assert again <= (10 if durability == "sync" else 10 + MAX_GROUP)
 
 
+def killed_inside_a_call(
+    journal_at: str, durability: str, kill_at: int, tmp_path: Path
+) -> tuple[Counter[int], Counter[int]]:
+    """Run one call at a time, killed inside element ``kill_at``'s, then resume.
+
+    Returns the side effects before the resume and after it.
+    """
+    run_id = f"{durability}-{uuid.uuid4().hex}"
+    effects = tmp_path / "effects"
+    code, _, _ = finish(
+        start(
+            journal_at, run_id, durability, effects, workers=1, kill_at=kill_at, pause=0
+        )
+    )
+    assert code == -signal.SIGKILL
+    before = effects_of(effects)
+    assert resume(journal_at, run_id, durability, effects) == EXPECTED
+    return before, effects_of(effects)
+
+
 def test_sync_killed_inside_a_call_repeats_no_side_effect(
     journal_at: str, tmp_path: Path
 ) -> None:
-    # One call at a time, killed before the side effect of element 300:
-    # every earlier call's output went on, so it was committed.
-    run_id = f"sync-{uuid.uuid4().hex}"
-    effects = tmp_path / "effects"
-    code, _, _ = finish(
-        start(journal_at, run_id, "sync", effects, workers=1, kill_at=300, pause=0)
-    )
-    assert code == -signal.SIGKILL
-    assert effects_of(effects) == Counter(range(300))
-    assert resume(journal_at, run_id, "sync", effects) == EXPECTED
-    assert effects_of(effects) == Counter(range(N))
+    # Killed before the side effect of element 300: every earlier call's
+    # output went on, so it was committed.
+    before, after = killed_inside_a_call(journal_at, "sync", 300, tmp_path)
+    assert before == Counter(range(300))
+    assert after == Counter(range(N))
 
 
 def test_batch_killed_inside_a_call_repeats_at_most_one_group(
     journal_at: str, tmp_path: Path
 ) -> None:
-    run_id = f"batch-{uuid.uuid4().hex}"
-    effects = tmp_path / "effects"
-    code, _, _ = finish(
-        start(journal_at, run_id, "batch", effects, workers=1, kill_at=1500, pause=0)
-    )
-    assert code == -signal.SIGKILL
-    assert resume(journal_at, run_id, "batch", effects) == EXPECTED
-    after = effects_of(effects)
+    _, after = killed_inside_a_call(journal_at, "batch", 1500, tmp_path)
     assert set(after) == set(range(N))
     assert sum(count - 1 for count in after.values()) <= MAX_GROUP
 

@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 import plait
+from _journal_checks import check_a_running_id_is_refused
 from plait import Call, MapReduce, Var
 
 pytestmark = pytest.mark.anyio
@@ -65,26 +66,9 @@ async def test_postgres_refuses_another_workflow_and_a_running_id(
     await engine.execute(Call("square", 2), run_id=run_id)
     with pytest.raises(plait.JournalError, match="another workflow"):
         await engine.execute(Call("square", 3), run_id=run_id)
-
-    started, release = anyio.Event(), anyio.Event()
-
-    @plait.tool
-    async def wait() -> int:
-        started.set()
-        await release.wait()
-        return 1
-
-    busy = new_id()
-    other = plait.Engine(tools=[wait], journal=journal)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: other.execute(Call("wait"), run_id=busy))
-        await started.wait()
-        with pytest.raises(plait.JournalError, match="running in another"):
-            await plait.Engine(tools=[wait], journal=journal).execute(
-                Call("wait"), run_id=busy
-            )
-        release.set()
-    assert await other.run(Call("wait"), run_id=busy) == 1
+    await check_a_running_id_is_refused(
+        lambda: plait.PostgresJournal(postgres_dsn, lease_ttl=5.0), new_id()
+    )
 
 
 async def test_a_lease_is_renewed_while_the_run_goes_on(postgres_dsn: str) -> None:

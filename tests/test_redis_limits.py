@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -322,49 +322,6 @@ async def test_a_server_that_never_answers_is_unavailable_not_a_hang() -> None:
     assert elapsed < 10
 
 
-@contextlib.contextmanager
-def _restartable_redis() -> Iterator[tuple[str, Callable[[], None]]]:
-    """A redis-server on loopback and a function that restarts it, same port."""
-    import shutil
-    import socket
-    import tempfile
-
-    from _servers import free_port, missing
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        missing("redis-server")
-        raise AssertionError("unreachable")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="plait-redis-") as tmp:
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp]
-        argv += ["--save", "", "--appendonly", "no"]
-
-        def start() -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            for _ in range(600):
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    return proc
-                time.sleep(0.05)
-            raise RuntimeError("redis-server did not start")
-
-        procs = [start()]
-
-        def restart() -> None:
-            procs[0].terminate()
-            procs[0].wait(10)
-            procs[0] = start()
-
-        try:
-            yield f"redis://127.0.0.1:{port}/0", restart
-        finally:
-            procs[0].terminate()
-            procs[0].wait(10)
-
-
 @pytest.mark.anyio
 async def test_after_a_restart_running_calls_lose_their_leases_and_retry() -> None:
     started = anyio.Event()
@@ -378,7 +335,9 @@ async def test_after_a_restart_running_calls_lose_their_leases_and_retry() -> No
             await anyio.sleep(30)
         return len(tries)
 
-    with _restartable_redis() as (url, restart):
+    from _servers import restartable_redis_server
+
+    with restartable_redis_server() as (url, restart):
         limits = RedisLimits(url, namespace=_ns(), lease_ttl=1.5, timeout=1.0)
         engine = Engine(tools=[long], shared_limits=limits)
         lost: list[plait.Event] = []

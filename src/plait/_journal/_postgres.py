@@ -15,13 +15,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._model._errors import ConfigError, JournalError
-from .._model._validate import SECONDS, TEXT, one_of
+from .._model._validate import SECONDS, TEXT
 from ._codec import JsonCodec
-from ._protocol import Codec, Durability, JournalRecord, RunInfo, check_fingerprint
+from ._protocol import (
+    DURABILITY,
+    Codec,
+    Durability,
+    JournalRecord,
+    RunInfo,
+    check_fingerprint,
+    read_runs,
+)
 
 __all__ = ["PostgresJournal"]
 
-_DURABILITY = one_of("batch", "sync")
 TIMEOUT = 5.0
 
 _SCHEMA = """
@@ -110,7 +117,7 @@ class PostgresJournal:
         codec: Codec | None = None,
     ) -> None:
         TEXT.check(dsn, "PostgresJournal.dsn")
-        _DURABILITY.check(durability, "PostgresJournal.durability")
+        DURABILITY.check(durability, "PostgresJournal.durability")
         SECONDS.check(lease_ttl, "PostgresJournal.lease_ttl")
         if not dsn:
             raise ConfigError("PostgresJournal.dsn must be a non-empty str, got ''")
@@ -212,15 +219,7 @@ class PostgresJournal:
 
     def runs(self) -> list[RunInfo]:
         """Every run on the server, the most recently updated first."""
-        db = self._connect()
-        try:
-            rows = db.execute(_RUNS).fetchall()
-        finally:
-            db.close()
-        return [
-            RunInfo(run_id, workflow, status, int(done), int(failed), float(updated))
-            for run_id, workflow, status, updated, done, failed in rows
-        ]
+        return read_runs(self._connect(), _RUNS)
 
 
 def _rebuild(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, get_args, runtime_checkable
 
 import attrs
 
+from .._model._validate import one_of
+
 __all__ = [
+    "DURABILITY",
     "Codec",
     "Durability",
     "Journal",
@@ -15,9 +18,12 @@ __all__ = [
     "JournalRun",
     "RunInfo",
     "check_fingerprint",
+    "read_runs",
 ]
 
 Durability = Literal["batch", "sync"]
+DURABILITY = one_of(*get_args(Durability))
+"""The rule a journal's ``durability`` setting is checked by."""
 
 
 class JournalRecord(NamedTuple):
@@ -174,3 +180,19 @@ def check_fingerprint(run_id: str, workflow: str, kept: str, given: str) -> None
             "resume it with the same inputs, or use another run_id",
             run_id,
         )
+
+
+def read_runs(db: Any, query: str) -> list[RunInfo]:
+    """Every run that ``query`` lists on connection ``db``, which it then closes.
+
+    ``query`` gives rows of ``(run_id, workflow, status, updated, done,
+    failed)``; SQLite and PostgreSQL differ only in how they count them.
+    """
+    try:
+        rows = db.execute(query).fetchall()
+    finally:
+        db.close()
+    return [
+        RunInfo(run_id, workflow, status, int(done), int(failed), float(updated))
+        for run_id, workflow, status, updated, done, failed in rows
+    ]

@@ -18,14 +18,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._model._errors import ConfigError, JournalError
-from .._model._validate import one_of
 from ._codec import JsonCodec
 from ._locks import RunLock
-from ._protocol import Codec, Durability, JournalRecord, RunInfo, check_fingerprint
+from ._protocol import (
+    DURABILITY,
+    Codec,
+    Durability,
+    JournalRecord,
+    RunInfo,
+    check_fingerprint,
+    read_runs,
+)
 
 __all__ = ["SqliteJournal"]
 
-_DURABILITY = one_of("batch", "sync")
 _BUSY_MS = 5000
 
 _SCHEMA = """
@@ -103,7 +109,7 @@ class SqliteJournal:
         durability: Durability = "batch",
         codec: Codec | None = None,
     ) -> None:
-        _DURABILITY.check(durability, "SqliteJournal.durability")
+        DURABILITY.check(durability, "SqliteJournal.durability")
         path = os.fspath(path)
         if not isinstance(path, str) or not path or path == ":memory:":
             raise ConfigError(
@@ -166,15 +172,7 @@ class SqliteJournal:
 
     def runs(self) -> list[RunInfo]:
         """Every run in the file, the most recently updated first."""
-        db = self._connect()
-        try:
-            rows = db.execute(_RUNS).fetchall()
-        finally:
-            db.close()
-        return [
-            RunInfo(run_id, workflow, status, done, failed, updated)
-            for run_id, workflow, status, updated, done, failed in rows
-        ]
+        return read_runs(self._connect(), _RUNS)
 
 
 def _rebuild(path: str, durability: Durability, codec: Codec) -> SqliteJournal:

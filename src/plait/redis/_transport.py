@@ -84,16 +84,26 @@ class Connection:
             f"({type(exc).__name__}: {exc}); no call is admitted until it answers"
         )
 
+    def _down(self, exc: Exception) -> LimitBackendUnavailable | None:
+        """The error to raise for ``exc`` when it means the server is away.
+
+        None for any other error (a bug in a script, say): it goes on as is.
+        """
+        if isinstance(exc, self._errors) or (
+            isinstance(exc, self.redis.exceptions.ResponseError) and _restarting(exc)
+        ):
+            return self.unavailable(exc)
+        return None
+
     # -- sync, from threads ------------------------------------------------
     def sync_call(self, fn: Callable[[Any], T]) -> T:
         try:
             return fn(self.sync)
-        except self._errors as exc:
-            raise self.unavailable(exc) from exc
-        except self.redis.exceptions.ResponseError as exc:
-            if _restarting(exc):
-                raise self.unavailable(exc) from exc
-            raise
+        except Exception as exc:
+            down = self._down(exc)
+            if down is None:
+                raise
+            raise down from exc
 
     def sync_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
         runner = self._sync_scripts.get(script)
@@ -119,12 +129,11 @@ class Connection:
             runner = scripts[script] = client.register_script(script)
         try:
             return await runner(keys=keys, args=args, client=client)
-        except self._errors as exc:
-            raise self.unavailable(exc) from exc
-        except self.redis.exceptions.ResponseError as exc:
-            if _restarting(exc):
-                raise self.unavailable(exc) from exc
-            raise
+        except Exception as exc:
+            down = self._down(exc)
+            if down is None:
+                raise
+            raise down from exc
 
     def _async_client(self, loop: Any) -> tuple[Any, dict[str, Any]]:
         try:

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._model._backpressure import Adaptive
-from .._model._errors import ConfigError, HttpError, HttpServerError, RateLimited
+from .._model._errors import HttpError, HttpServerError, RateLimited
 from .._model._ratelimit import RateLimit
 from .._model._retry import Retry
 from .._model._tools import Tool
 from .._runtime._resources import current_resources
+from ._variant import make_tool
 
 if TYPE_CHECKING:
     import httpx
@@ -274,17 +275,15 @@ def http_tool(
         ConfigError: a bad limit, timeout or policy.
     """
     fn = HttpClient(base_url=base_url, headers=headers, pool=_pool(concurrency_limit))
-    try:
-        return Tool(
-            fn,
-            name,
-            concurrency_limit=concurrency_limit,
-            timeout=timeout,
-            retry=retry,
-            rate_limit=rate_limit,
-        )
-    except ValueError as error:
-        raise ConfigError(f"http_tool: {error}") from None
+    return make_tool(
+        "http_tool",
+        fn,
+        name,
+        concurrency_limit=concurrency_limit,
+        timeout=timeout,
+        retry=retry,
+        rate_limit=rate_limit,
+    )
 
 
 http = http_tool()

@@ -44,6 +44,7 @@ from .._model._errors import CommandFailed, ConfigError
 from .._model._ratelimit import RateLimit
 from .._model._retry import Retry
 from .._model._tools import Tool
+from ._variant import make_tool
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -380,17 +381,15 @@ def shell_tool(
     # Without defaults the tool holds run_shell itself, so that plait.dump
     # can write it as an import path.
     fn = functools.partial(run_shell, **defaults) if defaults else run_shell
-    try:
-        return Tool(
-            fn,
-            name,
-            concurrency_limit=concurrency_limit,
-            timeout=timeout,
-            retry=retry,
-            rate_limit=rate_limit,
-        )
-    except ValueError as error:
-        raise ConfigError(f"shell_tool: {error}") from None
+    return make_tool(
+        "shell_tool",
+        fn,
+        name,
+        concurrency_limit=concurrency_limit,
+        timeout=timeout,
+        retry=retry,
+        rate_limit=rate_limit,
+    )
 
 
 shell = shell_tool()

@@ -12,7 +12,7 @@ Three measurements, each side by side in one run, medians of ``--repeat``:
   ``client.submit`` of a function doing the same work, keeping the same
   number of chunks in flight. The difference per element is plait's
   overhead (target: at most 100 us).
-- **speed-up**: a CPU-bound pure-Python tool mapped over 64 elements, on
+- **speed-up**: a CPU-bound pure-Python tool mapped over 256 elements, on
   the cluster against one thread of the coordinator (target: >= 1.7x).
 - **cancel**: a remote map of 5 s sleeps is cancelled once every chunk
   runs; the time from the cancellation until ``run`` returns, which is
@@ -104,7 +104,7 @@ def measure_overhead(
 def measure_speedup(client: Any, n: int, spins: int, repeat: int) -> dict[str, Any]:
     from plait.dask import DaskExecutor
 
-    executor = DaskExecutor(client, chunk_size=max(1, n // 8))
+    executor = DaskExecutor(client, chunk_size=max(1, n // 16))
     step = MapReduce(Var("xs"), Call(tools.spin, Var("item")), remote=True)
     xs = [spins] * n
     plait.run(step, {"xs": xs[:4]}, executor=executor)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speed-up",
                 measure_speedup(
                     client,
-                    8 if args.quick else 64,
+                    8 if args.quick else 256,
                     20_000 if args.quick else 400_000,
                     repeat,
                 ),

@@ -35,7 +35,7 @@ class Adaptive:
     back (a call raises :class:`plait.RateLimited`) and grows by one for
     every window of successful calls while it is in use; ``min`` and ``max``
     bound it. The current value is in the run's stats
-    (:attr:`plait.ToolStats.limit`) and in ``tool.limit_changed`` events.
+    (``ToolStats.limit``) and in ``tool.limit_changed`` events.
 
     Args:
         initial: the limit before any call has finished.

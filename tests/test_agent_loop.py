@@ -592,7 +592,7 @@ def delayed_tasks(delays: list[float], cancelled: list[str] | None = None) -> li
 async def test_as_completed_yields_in_completion_order() -> None:
     loop = AgentLoop()
     seen = []
-    async with loop.as_completed(delayed_tasks([0.12, 0.01, 0.06])) as results:
+    async with loop.as_completed(delayed_tasks([0.5, 0.01, 0.25])) as results:
         assert isinstance(results, AsCompleted)
         async for result in results:
             seen.append(result.agent_id)

@@ -181,10 +181,12 @@ def test_failure_paths_are_the_coordinators(executor: DaskExecutor) -> None:
     result = anyio.run(
         lambda: Engine(executor=executor).execute(step, {"xs": list(range(25))})
     )
-    assert [f.path for f in result.failures] == [
-        "steps[1].map[3]",
+    # Failures are listed as they happen (chunks finish in any order), as
+    # locally; the paths are what must match.
+    assert sorted(f.path for f in result.failures) == [
         "steps[1].map[13]",
         "steps[1].map[23]",
+        "steps[1].map[3]",
     ]
     assert all(isinstance(f.error, T.Boom) for f in result.failures)
     assert isinstance(result.output[13], Failure)

@@ -42,7 +42,7 @@ TARGET_SPEEDUP = 1.7
 TARGET_CANCEL_MS = 250.0
 
 
-def _cluster() -> tuple[Any, Any]:
+def local_cluster() -> tuple[Any, Any]:
     import distributed
 
     cluster = distributed.LocalCluster(
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     elements = args.elements or (2_048 if args.quick else 100_000)
     repeat = args.repeat or (1 if args.quick else 5)
-    cluster, client = _cluster()
+    cluster, client = local_cluster()
     try:
         rows = [
             *(

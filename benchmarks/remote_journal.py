@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # remote_tools, for wo
 import plait
 import remote_tools as tools
 from plait import MapReduce, Var
+from remote import local_cluster
 
 CHUNK = int(os.environ.get("PLAIT_BENCH_CHUNK", "256"))  # elements per chunk
 
@@ -91,16 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --postgres DSN (or PLAIT_BENCH_POSTGRES)")
     elements = args.elements or (2_048 if args.quick else 50_000)
     repeat = args.repeat or (1 if args.quick else 5)
-    import distributed
-
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    client = distributed.Client(cluster)
+    cluster, client = local_cluster()
     try:
         rows = measure(client, args.postgres, elements, repeat)
     finally:

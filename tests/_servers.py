@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib
 import os
 import shutil
 import socket
@@ -19,12 +20,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 __all__ = [
     "free_port",
     "missing",
+    "need_module",
     "postgres_server",
     "redis_server",
     "restartable_redis_server",
@@ -44,6 +47,21 @@ def missing(what: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def need_module(name: str) -> Any:
+    """Import the client library ``name`` for a layer's tests.
+
+    Missing, it skips the importing test module (or test), except with
+    ``CI=true``, where it fails: the ``test`` extra installs every one.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -179,3 +197,26 @@ def postgres_server() -> Iterator[str]:
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dask_cluster() -> Iterator[Any]:
+    """A ``LocalCluster`` of 2 single-thread worker processes on loopback.
+
+    Yields a ``distributed.Client`` of it; the dashboard is off.
+    """
+    import distributed
+
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from _scripts import BENCHMARKS, load_script
+from _servers import need_module
 
 BACKENDS = ["asyncio", "uvloop", "trio"]
 SHAPES = [
@@ -202,13 +203,13 @@ def test_journal_benchmark_runs(postgres_dsn: str) -> None:
 
 
 def test_remote_benchmark_runs() -> None:
-    pytest.importorskip("distributed")
+    need_module("distributed")
     remote = _load("remote")
     assert remote.main(["--quick", "--elements", "512"]) == 0
 
 
 def test_remote_journal_benchmark_runs(postgres_dsn: str) -> None:
-    pytest.importorskip("distributed")
+    need_module("distributed")
     module = _load("remote_journal")
     argv = ["--quick", "--elements", "512", "--postgres", postgres_dsn]
     assert module.main(argv) == 0

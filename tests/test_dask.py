@@ -24,28 +24,18 @@ from hypothesis import strategies as st
 
 import _dask_tools as T
 import plait
+from _servers import dask_cluster, need_module
 from plait import Call, Engine, Failure, Fn, MapReduce, Parallel, Sequential, Var
 
-distributed = pytest.importorskip("distributed")
+need_module("distributed")
 
 from plait.dask import DaskExecutor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    client = distributed.Client(cluster)
-    try:
+    with dask_cluster() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,11 @@ import pytest
 
 import _dask_tools as T
 import plait
+from _servers import dask_cluster, need_module
 from plait import Call, Engine, Fn, MapReduce, Sequential, Var
 
-distributed = pytest.importorskip("distributed")
-pytest.importorskip("psycopg")
+need_module("distributed")
+need_module("psycopg")
 
 from plait.dask import DaskExecutor  # noqa: E402
 
@@ -35,19 +36,8 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    client = distributed.Client(cluster)
-    try:
+    with dask_cluster() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture

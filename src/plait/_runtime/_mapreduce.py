@@ -124,24 +124,34 @@ class _MapRun:
         if spec.reduce_fn is not None and spec.ordered:
             self.window = WINDOW_FACTOR * spec.workers
 
+    def open_source(self) -> None:
+        """Start iterating ``over``: an async iterator, else a sync one.
+
+        Raises:
+            StepFailed: ``over`` gave neither, at the step's ``over`` path.
+        """
+        source = self.source
+        if hasattr(source, "__aiter__"):
+            self.async_iter = source.__aiter__()
+            return
+        try:
+            self.sync_iter = iter(source)
+        except TypeError:
+            error = TypeError(
+                "MapReduce.over must give an iterable or an async iterable, "
+                f"got {type(source).__name__}"
+            )
+            raise StepFailed(fill(self.spec.over_template, self.loc), error) from error
+
     async def run(self) -> Any:
         spec = self.spec
         source = self.source
         workers = spec.workers
-        if hasattr(source, "__aiter__"):
-            self.async_iter = source.__aiter__()
+        self.open_source()
+        if self.async_iter is not None:
             self.pull_lock = anyio.Lock(fast_acquire=True)
-        else:
-            try:
-                self.sync_iter = iter(source)
-            except TypeError:
-                error = TypeError(
-                    "MapReduce.over must give an iterable or an async iterable, "
-                    f"got {type(source).__name__}"
-                )
-                raise StepFailed(fill(spec.over_template, self.loc), error) from error
-            if hasattr(source, "__len__"):
-                workers = max(1, min(workers, len(source)))
+        elif hasattr(source, "__len__"):
+            workers = max(1, min(workers, len(source)))
         # This task's kept slot (an outer map's) must not wait on the workers.
         drop_idle_lease()
         try:

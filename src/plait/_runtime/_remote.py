@@ -159,18 +159,8 @@ class _RemoteRun(MapRun):
         self.remote = remote
 
     async def run(self) -> Any:
-        spec, source = self.spec, self.source
-        if hasattr(source, "__aiter__"):
-            self.async_iter = source.__aiter__()
-        else:
-            try:
-                self.sync_iter = iter(source)
-            except TypeError:
-                error = TypeError(
-                    "MapReduce.over must give an iterable or an async iterable, "
-                    f"got {type(source).__name__}"
-                )
-                raise StepFailed(fill(spec.over_template, self.loc), error) from error
+        spec = self.spec
+        self.open_source()
         values = {n: self.scope[n] for n in self.remote.names if n in self.scope}
         run = self.remote.run
         journal = None if run.journal is None else run.journal.journal

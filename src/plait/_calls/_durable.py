@@ -22,7 +22,7 @@ from .._journal._protocol import Journal, JournalRecord, JournalRun
 from .._journal._writer import MAX_GROUP, GroupWriter
 from .._model._errors import JournalError
 
-__all__ = ["BACKLOG", "CHUNK", "MAX_CHUNKS", "RunJournal"]
+__all__ = ["BACKLOG", "CHUNK", "MAX_CHUNKS", "RunJournal", "open_store"]
 
 #: Elements of one map step read from the journal in one query.
 CHUNK = 512
@@ -34,6 +34,24 @@ MAX_CHUNKS = 32
 BACKLOG = MAX_GROUP
 #: Seconds a run's end waits for its last commit and its store to answer.
 CLOSE_TIMEOUT = 30.0
+
+
+def open_store(
+    journal: Journal, run_id: str, workflow: str, fingerprint: str, *, claim: bool
+) -> JournalRun:
+    """``journal.open_run(...)`` (blocking), any failure but a refusal a JournalError.
+
+    A store that cannot be reached or read is a ``JournalError`` naming the
+    run and the journal, so that a run never fails on a bare driver error.
+    """
+    try:
+        return journal.open_run(run_id, workflow, fingerprint, claim=claim)
+    except JournalError:
+        raise
+    except Exception as error:
+        raise JournalError(
+            f"cannot open run {run_id!r} in {journal!r}: {error}", run_id
+        ) from error
 
 
 class RunJournal:
@@ -75,16 +93,9 @@ class RunJournal:
     ) -> RunJournal:
         """Open (and with ``claim``, take) run ``run_id`` in ``journal``."""
         opener = functools.partial(
-            journal.open_run, run_id, workflow, fingerprint, claim=claim
+            open_store, journal, run_id, workflow, fingerprint, claim=claim
         )
-        try:
-            store = await anyio.to_thread.run_sync(opener)
-        except JournalError:
-            raise
-        except Exception as error:
-            raise JournalError(
-                f"cannot open run {run_id!r} in {journal!r}: {error}", run_id
-            ) from error
+        store = await anyio.to_thread.run_sync(opener)
         return cls(journal, store, run_id)
 
     # -- lookups ---------------------------------------------------------------

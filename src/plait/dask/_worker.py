@@ -41,7 +41,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .._calls._current import PLACE, placed
-from .._calls._durable import RunJournal
+from .._calls._durable import RunJournal, open_store
 from .._io import load
 from .._journal._protocol import Journal, JournalRecord, JournalRun
 from .._model._errors import JournalError, RemoteError, StepFailed, StepTimeout
@@ -226,14 +226,7 @@ class _KeptRun:
 
 
 def _open_kept(journal: Journal, run_id: str) -> _KeptRun:
-    try:
-        return _KeptRun(journal.open_run(run_id, "", "", claim=False))
-    except JournalError:
-        raise
-    except Exception as error:
-        raise JournalError(
-            f"cannot open run {run_id!r} in {journal!r}: {error}", run_id
-        ) from error
+    return _KeptRun(open_store(journal, run_id, "", "", claim=False))
 
 
 def _finish_kept(kept: _KeptRun | None) -> None:

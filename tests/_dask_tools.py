@@ -162,3 +162,23 @@ def listing(n: int, flag: str) -> list[int]:
     """``range(n)``; once ``flag`` exists, its second half changes."""
     shift = 100 if os.path.exists(flag) else 0
     return [x if x < n // 2 else x + shift for x in range(n)]
+
+
+def blocking_logged(x: int, log: str, seconds: float = 0.05) -> int:
+    """Sleep in the calling thread, logging 'pid start|end time' lines."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} start {time.time()}\n")
+    time.sleep(seconds)
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} end {time.time()}\n")
+    return x
+
+
+async def async_logged(x: int, log: str, seconds: float = 0.05) -> int:
+    """As :func:`blocking_logged`, sleeping on the event loop."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} start {time.time()}\n")
+    await anyio.sleep(seconds)
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} end {time.time()}\n")
+    return x

@@ -160,6 +160,51 @@ def test_chunks_run_in_the_worker_processes(executor: DaskExecutor) -> None:
     }
 
 
+def _most_at_once_per_process(log: Path) -> int:
+    """The most calls in flight at once in any one process of ``log``."""
+    moves: dict[str, list[tuple[float, int]]] = {}
+    for line in log.read_text().splitlines():
+        pid, what, at = line.split()
+        moves.setdefault(pid, []).append((float(at), 1 if what == "start" else -1))
+    most = 0
+    for events in moves.values():
+        now = 0
+        for _, step in sorted(events):  # an end before a start at one time
+            now += step
+            most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize(("threads", "most"), [("worker", 1), (2, 2), (None, None)])
+def test_sync_calls_per_worker_process_follow_executor_threads(
+    client: Any, tmp_path: Path, threads: int | str | None, most: int | None
+) -> None:
+    # The test cluster's workers have one thread each: by default a chunk's
+    # sync calls run one at a time in each process, as Dask runs its tasks.
+    log = tmp_path / "calls.log"
+    with DaskExecutor(client, chunk_size=8, threads=threads) as ex:
+        step = MapReduce(
+            Var("xs"), Call(T.blocking_logged, Var("item"), str(log)), remote=True
+        )
+        assert plait.run(step, {"xs": list(range(32))}, executor=ex) == list(range(32))
+    if most is None:  # a chunk's 8 calls at once, unless the machine lags
+        assert _most_at_once_per_process(log) > 2
+    else:
+        assert _most_at_once_per_process(log) == most
+
+
+def test_async_calls_are_not_bound_by_executor_threads(
+    client: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.log"
+    with DaskExecutor(client, chunk_size=8) as ex:
+        step = MapReduce(
+            Var("xs"), Call(T.async_logged, Var("item"), str(log), 0.2), remote=True
+        )
+        assert plait.run(step, {"xs": list(range(16))}, executor=ex) == list(range(16))
+    assert _most_at_once_per_process(log) > 2
+
+
 def test_failure_paths_are_the_coordinators(executor: DaskExecutor) -> None:
     executor.chunk_size = 4
     step = Sequential(
@@ -468,6 +513,12 @@ def test_bad_executor_options_are_config_errors() -> None:
         DaskExecutor(chunk_size=0)
     with pytest.raises(plait.ConfigError, match="limits"):
         DaskExecutor(limits="everywhere")
+    for threads in (0, "all", True, 1.5):
+        with pytest.raises(
+            plait.ConfigError,
+            match=r"DaskExecutor\.threads must be 'worker' or an int >= 1 or None",
+        ):
+            DaskExecutor(threads=threads)  # type: ignore[arg-type]
     with pytest.raises(plait.ConfigError, match="client"):
         DaskExecutor(42)  # type: ignore[arg-type]
     with pytest.raises(plait.ConfigError, match="executor"):

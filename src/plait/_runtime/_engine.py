@@ -144,6 +144,9 @@ class Engine:
         self._adhoc: dict[str, ToolRuntime] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
         self.abandoned_threads = 0
+        # Bounds the worker threads of every run when set (a Dask worker's
+        # engine shares one per process); else each run has an unbounded one.
+        self._thread_limiter: Limiter | None = None
         for t in tools:
             self.register(t)
         items = functions.items() if isinstance(functions, Mapping) else functions
@@ -285,9 +288,13 @@ class Engine:
             engine_limiter=self._limiter,
             engine_bucket=self._bucket,
             middleware=self.middleware,
-            # No bound of its own: the tools' and the engine's limits bound
-            # the threads (see docs/explanation/design.md).
-            thread_limiter=Limiter(None, "worker threads"),
+            # By default no bound of its own: the tools' and the engine's
+            # limits bound the threads (see docs/explanation/design.md).
+            thread_limiter=(
+                Limiter(None, "worker threads")
+                if self._thread_limiter is None
+                else self._thread_limiter
+            ),
             shared_limits=self.shared_limits,
             journal=journal,
             journal_store=self.journal,

@@ -31,9 +31,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from .._model._errors import ConfigError, WorkflowError
-from .._model._validate import check_count, one_of
+from .._model._validate import Rule, check_count, one_of
 from .._runtime._executor import ChunkOutcome, ChunkPlace, ChunkSession, RemoteTask
 from ._wire import WireSpec, wire_spec
 from ._worker import beat_name, check_document, run_chunk, stop_name
@@ -44,6 +45,12 @@ Client = Any
 __all__ = ["DaskExecutor"]
 
 _LIMITS = one_of("shared", "per-worker")
+_THREADS = Rule(
+    "'worker' or an int >= 1",
+    lambda v: (
+        v == "worker" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    ),
+).or_none()
 # Seconds to wait for the chunks of a stopped run to answer.
 ACK_TIMEOUT = 10.0
 # Seconds between two heartbeats of a run.
@@ -85,6 +92,14 @@ class DaskExecutor:
             process holds every limit on its own.
         window: chunks in flight at once per run of a step; by default
             twice the cluster's worker threads.
+        threads: sync tool calls a worker process runs at once, across all
+            the chunks it runs: ``"worker"`` (the default) for the worker's
+            own thread count (``--nthreads``, ``threads_per_worker``), as
+            Dask runs plain tasks; an int; or None for no bound but the
+            map's own limits, as a local run. CPU-bound sync tools run
+            fastest at the default (more threads than cores only fight over
+            the GIL); blocking I/O tools want more threads per worker or
+            None. Async tools are never bound by it.
 
     The cluster starts on first use (or when entering ``with`` / ``async
     with``); :meth:`close` shuts down what the executor started and leaves a
@@ -100,6 +115,7 @@ class DaskExecutor:
         chunk_size: int = 256,
         limits: str = "shared",
         window: int | None = None,
+        threads: int | str | None = "worker",
     ) -> None:
         if not isinstance(client, str | None) and not hasattr(client, "submit"):
             raise ConfigError(
@@ -112,6 +128,8 @@ class DaskExecutor:
         self.window = (
             None if window is None else check_count(window, "DaskExecutor.window")
         )
+        _THREADS.check(threads, "DaskExecutor.threads")
+        self.threads = threads
         self._given = client
         self._client: Any = None if isinstance(client, str | None) else client
         self._cluster: Any = None
@@ -200,7 +218,7 @@ class DaskExecutor:
             WorkflowError: a tool or function has no import path, or does not
                 import on a worker.
         """
-        spec = wire_spec(task)
+        spec = attrs.evolve(wire_spec(task), threads=self.threads)
         if spec.document not in self._checked:
             answers = self.client.run(check_document, spec.document)
             for worker, problem in sorted(answers.items()):

@@ -51,6 +51,9 @@ class WireSpec:
             admits every call under them.
         journal: the coordinator engine's journal store (configuration
             only): the chunks journal their calls in the coordinator's run.
+        threads: how many sync tool calls a worker process runs at once,
+            across its chunks: ``"worker"`` for the worker's own thread
+            count, an int, or None for no bound (``DaskExecutor.threads``).
     """
 
     document: str
@@ -60,6 +63,7 @@ class WireSpec:
     rate_limit: RateLimit | None = None
     shared_limits: SharedLimits | None = None
     journal: Journal | None = None
+    threads: int | str | None = "worker"
 
 
 def wire_spec(task: RemoteTask) -> WireSpec:

@@ -42,6 +42,7 @@ import anyio.lowlevel
 
 from .._calls._current import PLACE, placed
 from .._calls._durable import RunJournal, open_store
+from .._concurrency._limits import Limiter
 from .._io import load
 from .._journal._protocol import Journal, JournalRecord, JournalRun
 from .._model._errors import JournalError, RemoteError, StepFailed, StepTimeout
@@ -269,6 +270,7 @@ def worker_engine(spec: WireSpec) -> tuple[Engine, Workflow]:
         rate_limit=spec.rate_limit,
         shared_limits=spec.shared_limits,
     )
+    engine._thread_limiter = process_threads(spec.threads)
     if spec.event_kinds:
         engine.subscribe(_to_sink, spec.event_kinds)
     with _engines_lock:
@@ -276,6 +278,38 @@ def worker_engine(spec: WireSpec) -> tuple[Engine, Workflow]:
         while len(_engines) > _ENGINES:
             _engines.popitem(last=False)
     return found
+
+
+# One bound on the sync tool calls of this process per size, shared by the
+# engines (and so the chunks) that ask for it.
+_threads: dict[int, Limiter] = {}
+
+
+def process_threads(threads: int | str | None) -> Limiter | None:
+    """The limiter of this worker process for ``WireSpec.threads``.
+
+    ``"worker"`` is the thread count of the Dask worker running the calling
+    task (one when called outside a worker). None: no bound.
+    """
+    if threads is None:
+        return None
+    if threads == "worker":
+        threads = _worker_threads()
+    assert isinstance(threads, int)
+    with _engines_lock:
+        limiter = _threads.get(threads)
+        if limiter is None:
+            limiter = _threads[threads] = Limiter(threads, "dask worker threads")
+    return limiter
+
+
+def _worker_threads() -> int:
+    import distributed
+
+    try:
+        return int(distributed.get_worker().state.nthreads)
+    except ValueError:  # not in a worker (a test calling run_chunk itself)
+        return 1
 
 
 def _to_sink(event: Event) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -203,6 +204,30 @@ def test_async_calls_are_not_bound_by_executor_threads(
         )
         assert plait.run(step, {"xs": list(range(16))}, executor=ex) == list(range(16))
     assert _most_at_once_per_process(log) > 2
+
+
+@pytest.mark.anyio
+async def test_run_stats_count_the_workers_calls(executor: DaskExecutor) -> None:
+    retry = plait.Retry(attempts=2, initial_delay=0.001, retry_on=(T.Boom,))
+    step = MapReduce(
+        Var("xs"),
+        Call(T.fail_on, Var("item"), retry=retry),
+        on_error="collect",
+        remote=True,
+    )
+    xs = list(range(30))
+    remote = await Engine(executor=executor).execute(step, {"xs": xs})
+    local = await Engine().execute(attrs.evolve(step, remote=False), {"xs": xs})
+    assert remote.output == local.output
+    got, want = remote.stats.tools["fail_on"], local.stats.tools["fail_on"]
+    assert (got.calls, got.failures, got.retries) == (30, 3, 3)
+    assert (got.calls, got.failures, got.retries) == (
+        want.calls,
+        want.failures,
+        want.retries,
+    )
+    assert got.p50 is not None
+    assert got.mean is not None
 
 
 def test_failure_paths_are_the_coordinators(executor: DaskExecutor) -> None:

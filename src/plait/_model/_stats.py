@@ -86,6 +86,25 @@ class LatencyHistogram:
         """The mean latency, or None with no data."""
         return self.total / self.count if self.count else None
 
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add the latencies ``other`` recorded (a remote chunk's) to these."""
+        counts = self.counts
+        for k, n in enumerate(other.counts):
+            if n:
+                counts[k] += n
+        self.count += other.count
+        self.total += other.total
+
+    def __getstate__(self) -> tuple[int, float, dict[int, int]]:
+        # Pickled sparse: a chunk's few dozen buckets, not all 3,200.
+        return self.count, self.total, {k: n for k, n in enumerate(self.counts) if n}
+
+    def __setstate__(self, state: tuple[int, float, dict[int, int]]) -> None:
+        self.count, self.total, used = state
+        self.counts = [0] * _BUCKETS
+        for k, n in used.items():
+            self.counts[k] = n
+
 
 class ToolCounters:
     """The live counters of one tool during one run."""
@@ -110,6 +129,19 @@ class ToolCounters:
         self.latency = LatencyHistogram()
         self.pushed_back = 0
         self.limit: int | None = None
+
+    def merge(self, other: ToolCounters) -> None:
+        """Add what ``other`` counted (a remote chunk's calls) to these.
+
+        ``limit`` stays this one's: an adaptive limit is each engine's own.
+        """
+        self.calls += other.calls
+        self.failures += other.failures
+        self.retries += other.retries
+        self.timeouts += other.timeouts
+        self.rate_limited += other.rate_limited
+        self.pushed_back += other.pushed_back
+        self.latency.merge(other.latency)
 
     def snapshot(self) -> ToolStats:
         lat = self.latency

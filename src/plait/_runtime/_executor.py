@@ -22,6 +22,7 @@ paths are relative to that chunk step (``map[j]...``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ from .._calls._shared import SharedLimits
 from .._journal._protocol import Journal
 from .._model._events import Event, EventKind
 from .._model._ratelimit import RateLimit
+from .._model._stats import ToolCounters
 from .._model._steps import MapReduce
 from .._model._tools import Tool
 
@@ -114,12 +116,15 @@ class ChunkOutcome:
         error: what the chunk step raised in raise mode.
         events: the chunk's events of the wanted kinds, in order.
         stopped: the run's cancellation stopped the chunk.
+        counters: the chunk's tool counters by tool name, for the
+            coordinator's :class:`plait.RunStats`.
     """
 
     values: list[Any] | None = None
     error: BaseException | None = None
     events: tuple[Event, ...] = ()
     stopped: bool = False
+    counters: Mapping[str, ToolCounters] = attrs.field(factory=dict)
 
 
 class ChunkSession(Protocol):

@@ -243,6 +243,9 @@ class _RemoteRun(MapRun):
 
     def _take(self, first: int, outcome: ChunkOutcome) -> None:
         """Fold (or keep) the values of the chunk starting at element ``first``."""
+        counters_for = self.remote.run.counters_for
+        for name, counters in outcome.counters.items():
+            counters_for(name).merge(counters)
         events = self.spec.events
         for event in outcome.events:
             moved = self._relocate(event.path, first)

@@ -40,6 +40,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .._calls._context import RunContext
 from .._calls._current import PLACE, placed
 from .._calls._durable import RunJournal, open_store
 from .._concurrency._limits import Limiter
@@ -129,15 +130,13 @@ async def _run(
     inputs = {**scope, CHUNK_VAR: elements}
     values: list[Any] | None = None
     error: BaseException | None = None
+    run = engine._new_run(None if place is None else place.run_id)
     with anyio.CancelScope() as cancel:
         stop = watch.add(anyio.lowlevel.current_token(), cancel)
         try:
-            if place is None:
-                values = await engine.run(workflow, inputs)
-            else:
-                values = await _run_placed(
-                    engine, workflow, inputs, place, first, watch
-                )
+            values = await _run_placed(
+                engine, run, workflow, inputs, place, first, watch
+            )
         except Exception as e:
             error = _portable_error(e)
         finally:
@@ -150,26 +149,35 @@ async def _run(
             for v in values
         ]
     portable = tuple(_event_portable(e) for e in events if e.path.startswith("map["))
-    return ChunkOutcome(values=values, error=error, events=portable)
+    return ChunkOutcome(
+        values=values, error=error, events=portable, counters=run.counters
+    )
 
 
 async def _run_placed(
     engine: Engine,
+    run: RunContext,
     workflow: Workflow,
     inputs: dict[str, Any],
-    place: ChunkPlace,
+    place: ChunkPlace | None,
     first: int,
     watch: _Watch,
 ) -> Any:
-    """Run the chunk as a part of the coordinator's run (see the module doc)."""
+    """Run the chunk as a part of the coordinator's run (see the module doc).
+
+    Without a ``place`` (an executor driven on its own), as a run of its own.
+    """
     step, scope = engine._prepare(workflow, inputs)
+    if place is None:
+        root = engine._compile(run, step, scope)
+        return (await engine._execute(run, root, scope, None)).output
     where = (place.item_template, place.loc, first)
     journal: _PlacedJournal | None = None
     if place.journal is not None:
         store = await anyio.to_thread.run_sync(watch.store, place.journal, place.run_id)
         journal = _PlacedJournal(place.journal, store, place.run_id)
         journal.place = where
-    run = engine._new_run(place.run_id, journal)
+        run.journal = journal
     token = PLACE.set(where)
     finished = False
     try:

@@ -70,11 +70,9 @@ def spin(n: int) -> int:
 
 async def logged_sleep(x: int, log: str, seconds: float = 0.2) -> int:
     """Append 'start x' and 'end x' lines (with a time) to the file ``log``."""
-    with open(log, "a") as f:
-        f.write(f"start {x} {time.time()}\n")
+    _append(log, f"start {x} {time.time()}")
     await anyio.sleep(seconds)
-    with open(log, "a") as f:
-        f.write(f"end {x} {time.time()}\n")
+    _append(log, f"end {x} {time.time()}")
     if x < 0:
         raise Boom(f"negative {x}")
     return x
@@ -107,11 +105,9 @@ limited = plait.tool(inc, name="limited", concurrency_limit=2)
 
 async def _logged_pid(x: int, log: str) -> int:
     """Append 'start x time pid' and 'end x time pid' around a short sleep."""
-    with open(log, "a") as f:
-        f.write(f"start {x} {time.time()} {os.getpid()}\n")
+    _append(log, f"start {x} {time.time()} {os.getpid()}")
     await anyio.sleep(0.05)
-    with open(log, "a") as f:
-        f.write(f"end {x} {time.time()} {os.getpid()}\n")
+    _append(log, f"end {x} {time.time()} {os.getpid()}")
     return x
 
 
@@ -166,19 +162,20 @@ def listing(n: int, flag: str) -> list[int]:
 
 def blocking_logged(x: int, log: str, seconds: float = 0.05) -> int:
     """Sleep in the calling thread, logging 'pid start|end time' lines."""
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} start {time.time()}\n")
+    _append(log, f"{os.getpid()} start {time.time()}")
     time.sleep(seconds)
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} end {time.time()}\n")
+    _append(log, f"{os.getpid()} end {time.time()}")
     return x
 
 
 async def async_logged(x: int, log: str, seconds: float = 0.05) -> int:
     """As :func:`blocking_logged`, sleeping on the event loop."""
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} start {time.time()}\n")
+    _append(log, f"{os.getpid()} start {time.time()}")
     await anyio.sleep(seconds)
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} end {time.time()}\n")
+    _append(log, f"{os.getpid()} end {time.time()}")
     return x
+
+
+def _append(log: str, line: str) -> None:
+    with open(log, "a") as f:
+        f.write(line + "\n")

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._model._errors import ConfigError, JournalError
 from .._model._validate import SECONDS, TEXT
-from ._codec import JsonCodec
+from ._codec import JsonCodec, rows_json
 from ._protocol import (
     DURABILITY,
     Codec,
@@ -54,11 +54,15 @@ CREATE TABLE IF NOT EXISTS plait_calls (
 );
 """
 
+# One group is one parameter: a JSON array of rows, unpacked by the server.
+# Adapting seven arrays of a thousand values each cost the writer thread
+# about 9 us of CPU (and of GIL) per record; encoding one JSON text costs
+# about 1.5.
 _WRITE = """
 INSERT INTO plait_calls
-SELECT %s, * FROM unnest(
-    %s::text[], %s::bigint[], %s::int[], %s::bool[], %s::text[], %s::bytea[],
-    %s::text[])
+SELECT %s, e->>0, (e->>1)::bigint, (e->>2)::int, (e->>3)::bool, e->>4,
+    decode(e->>5, 'hex'), e->>6
+FROM json_array_elements(%s::json) AS e
 ON CONFLICT (run_id, site, element, attempt) DO UPDATE SET
     ok = EXCLUDED.ok, tool = EXCLUDED.tool, digest = EXCLUDED.digest,
     output = EXCLUDED.output
@@ -294,19 +298,8 @@ class _PostgresRun:
             raise JournalError(
                 f"run {self._run_id!r} lost its lease: {self._lost}", self._run_id
             )
-        self._db.execute(
-            _WRITE,
-            (
-                self._run_id,
-                [r.site for r in records],
-                [r.element for r in records],
-                [r.attempt for r in records],
-                [r.ok for r in records],
-                [r.tool for r in records],
-                [r.digest for r in records],
-                [r.output for r in records],
-            ),
-        )
+        rows = rows_json(records)
+        self._db.execute(_WRITE, (self._run_id, rows))
 
     def finish(self, status: str) -> None:
         self._stop.set()

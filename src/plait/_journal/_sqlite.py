@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._model._errors import ConfigError, JournalError
-from ._codec import JsonCodec
+from ._codec import JsonCodec, rows_json
 from ._locks import RunLock
 from ._protocol import (
     DURABILITY,
@@ -251,13 +251,7 @@ class _SqliteRun:
         ]
 
     def write(self, records: Sequence[JournalRecord]) -> None:
-        rows = json.dumps(
-            [
-                (r.site, r.element, r.attempt, r.ok, r.tool, r.digest.hex(), r.output)
-                for r in records
-            ],
-            separators=(",", ":"),
-        )
+        rows = rows_json(records)
         args = (self._run_id, rows)
         db = self._db
         for delay in (0.05, 0.2, 1.0, None):

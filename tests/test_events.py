@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import plait
@@ -458,14 +459,25 @@ def test_subscribe_rejects_non_callables() -> None:
 async def test_no_events_are_built_without_subscribers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Events reach subscribers by one of two roads: built by the bus's hot
+    # path (new_event) or built elsewhere and handed to emit(). Count both.
+    from plait._model import _events
+
     emitted: list[plait.Event] = []
     real_emit = plait.EventBus.emit
+    real_new = _events.new_event
 
     def counting_emit(self: plait.EventBus, event: plait.Event) -> None:
         emitted.append(event)
         real_emit(self, event)
 
+    def counting_new(*args: Any, **kwargs: Any) -> plait.Event:
+        event = real_new(*args, **kwargs)
+        emitted.append(event)
+        return event
+
     monkeypatch.setattr(plait.EventBus, "emit", counting_emit)
+    monkeypatch.setattr(_events, "new_event", counting_new)
 
     tries = 0
 
@@ -528,3 +540,27 @@ async def test_event_bus_can_be_used_directly() -> None:
     assert not bus
     bus.emit(event)
     assert got == [event]
+
+
+def test_new_event_is_the_event_the_constructor_makes() -> None:
+    from plait._model._events import new_event
+
+    error = ValueError("x")
+    fields = {
+        "step": "Call",
+        "tool": "t",
+        "attempt": 2,
+        "duration": 0.5,
+        "error": error,
+        "delay": 1.5,
+        "limit": 3,
+    }
+    made = new_event(plait.EventKind.CALL_RETRIED, "map[3]", **fields)
+    assert made == plait.Event(
+        plait.EventKind.CALL_RETRIED, "map[3]", time=made.time, **fields
+    )
+    assert abs(made.time - time.monotonic()) < 60
+    bare = new_event(plait.EventKind.STEP_STARTED, "")
+    assert bare == plait.Event(plait.EventKind.STEP_STARTED, "", time=bare.time)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        made.path = "elsewhere"  # type: ignore[misc]

@@ -101,7 +101,11 @@ class ScriptClient:
         """Run ``script``: ``EVALSHA``, and ``EVAL`` when the server lacks it.
 
         The reply as :class:`._resp.Reader` gives it; an error reply is
-        returned as a :class:`._resp.ReplyError` value, not raised.
+        returned as a :class:`._resp.ReplyError` value, not raised. Shielded
+        from outside cancellation (a reply that never reaches its caller
+        could be an admission nobody releases) and bounded by the timeout
+        instead: one cancel scope does both, the cheapest way (a scope costs
+        about as much as the wait for the reply itself).
 
         Raises:
             OSError: the server could not be reached or did not answer in
@@ -110,25 +114,17 @@ class ScriptClient:
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
-        reply = await self.request(command(("EVALSHA", sha, len(keys), *keys, *args)))
-        if isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
-            # Not cached (a restart, SCRIPT FLUSH): EVAL runs and caches it.
-            reply = await self.request(
-                command(("EVAL", script, len(keys), *keys, *args))
-            )
-        return reply
-
-    async def request(self, payload: bytes) -> Any:
-        """The reply to one encoded command.
-
-        Shielded from outside cancellation (a reply that never reaches its
-        caller could be an admission nobody releases) and bounded by the
-        timeout instead: one cancel scope does both, the cheapest way
-        (each scope costs about as much as the wait for the reply).
-        """
         deadline = anyio.current_time() + self.timeout
         with anyio.CancelScope(shield=True, deadline=deadline):
-            return await self._request(payload)
+            reply = await self._request(
+                command(("EVALSHA", sha, len(keys), *keys, *args))
+            )
+            if isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
+                # Not cached (a restart, SCRIPT FLUSH): EVAL runs and caches it.
+                reply = await self._request(
+                    command(("EVAL", script, len(keys), *keys, *args))
+                )
+            return reply
         raise TimeoutError(f"no answer within {self.timeout:g} s")
 
     async def _request(self, payload: bytes) -> Any:

@@ -395,3 +395,43 @@ def test_rediss_urls_take_the_redis_py_road() -> None:
         assert (conn.road, conn.native) == ("threads", None)
     finally:
         limits.close()
+
+
+@pytest.mark.anyio
+async def test_a_unix_socket_url(tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        from _servers import missing
+
+        missing("redis-server")
+    path = str(tmp_path / "redis.sock")
+    argv = [exe, "--port", "0", "--unixsocket", path, "--dir", str(tmp_path)]
+    argv += ["--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    @plait.tool(concurrency_limit=1)
+    async def step(i: int) -> int:
+        return i
+
+    limits = RedisLimits(f"unix://{path}?db=2", namespace=_ns())
+    try:
+        with anyio.fail_after(30):
+            while not (tmp_path / "redis.sock").exists():
+                await anyio.sleep(0.02)
+        engine = Engine(tools=[step], shared_limits=limits)
+        assert await engine.run(Call("step", 7)) == 7
+        native = limits._process().conn.native
+        assert native is not None
+        assert len(native._idle) == 1
+        db2 = redis.Redis(unix_socket_path=path, db=2)
+        assert db2.exists(f"{{{limits.namespace}}}:declared")
+        db2.close()
+    finally:
+        limits.close()
+        server.terminate()
+        server.wait(10)

@@ -8,14 +8,20 @@ Usage::
 Without ``--url`` it starts its own ``redis-server`` on loopback (as the
 tests do). Two parts, each side by side in one run:
 
-**Uncontended.** For each road an admission can take (asyncio's own redis
-client on asyncio; the sync client on plait's worker threads on asyncio
-and on Trio), ``--calls`` admissions, each released at once, of one call
-under a shared concurrency limit of 10, timed until the last release has
-reached the server; beside it, a sync ``PING`` round trip on the same
-server, the floor of any round trip from Python. Then the same no-op tool
-called through an engine with and without ``shared_limits``: the extra
-microseconds per call are what sharing costs a real call.
+**Uncontended.** For each road an admission can take, on each backend
+(plait's own RESP client, the default, on asyncio, uvloop and Trio; the
+older roads through redis-py: its asyncio client on asyncio, its sync
+client on plait's worker threads), ``--calls`` admissions, each released
+at once, of one call under a shared concurrency limit of 10, timed until
+the last release has reached the server. The roads take turns within each
+repeat, so a noisy machine slows them alike. Beside each, two floors: a
+``PING`` round trip through redis-py's sync client and through a bare
+blocking socket. Then the same no-op tool called through an engine with
+and without ``shared_limits``: the extra microseconds per call are what
+sharing costs a real call. Two rows without an event loop close the table:
+the admit and release scripts through redis-py from one thread, and the
+floor of any road: one ``ADMIT`` that carries the previous call's release,
+sent from one thread on a blocking socket.
 
 **Contended.** ``--processes`` processes of ``--tasks`` tasks each call
 one tool with ``concurrency_limit=10`` and ``RateLimit(50)`` (a 50-token
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,21 +51,36 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
 import plait
-from plait.redis import RedisLimits
+from plait.redis import RedisLimits, _resp, _scripts
 
 RATE, CONCURRENCY = 50, 10
 TARGET_UNCONTENDED_US = 150.0
 TARGET_SCRIPTS_PER_CALL = 3.0
 TARGET_RATE_ERROR = 0.02
+#: (backend, road shown, RedisLimits._road), in the order they take turns.
 ROADS = [
-    ("asyncio", "asyncio client", False),
-    ("asyncio", "sync client on threads", True),
-    ("trio", "sync client on threads", True),
+    ("asyncio", "own RESP client", "native"),
+    ("asyncio", "redis-py asyncio client", "asyncio"),
+    ("asyncio", "redis-py sync client on threads", "threads"),
+    ("uvloop", "own RESP client", "native"),
+    ("uvloop", "redis-py sync client on threads", "threads"),
+    ("trio", "own RESP client", "native"),
+    ("trio", "redis-py sync client on threads", "threads"),
 ]
+FLOORS = [
+    ("none", "redis-py scripts, one thread"),
+    ("none", "floor: one ADMIT on a blocking socket"),
+]
+BACKENDS = {
+    "asyncio": ("asyncio", {}),
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", {}),
+}
 
 
 @contextmanager
@@ -73,17 +95,26 @@ def _server(url: str | None) -> Iterator[str]:
         yield started
 
 
-def _limits(url: str, threads: bool) -> RedisLimits:
+def _limits(url: str, road: str) -> RedisLimits:
     limits = RedisLimits(url, namespace=f"bench-{uuid.uuid4().hex[:8]}")
-    limits._threads_only = threads
+    limits._road = road
     return limits
+
+
+def _run(backend: str, func: Any, *args: Any) -> Any:
+    name, options = BACKENDS[backend]
+    return anyio.run(func, *args, backend=name, backend_options=options)
 
 
 # -- uncontended ----------------------------------------------------------------
 
 
 async def _admit_release(limits: RedisLimits, calls: int) -> float:
-    """Microseconds per admit + release, until the last release is in."""
+    """Microseconds per admit + release, until the last release is in.
+
+    The door is used as an engine's call uses it, without the rest of the
+    engine: no road needs a run around it.
+    """
     door = limits.door(("tool:bench",), ())
     slots = [("tool:bench", CONCURRENCY)]
 
@@ -112,8 +143,6 @@ def _raw_pair(limits: RedisLimits, calls: int) -> float:
     The floor under the roads above: the two round trips and the scripts,
     without a thread hop, an event loop or the release going to a thread.
     """
-    from plait.redis import _scripts
-
     live = limits._process()
     door = live.door(("tool:raw",), ())
     slot, queue = door._pair("slot", "tool:raw")
@@ -144,6 +173,59 @@ def _raw_pair(limits: RedisLimits, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+def _socket_floor(limits: RedisLimits, calls: int) -> float:
+    """Microseconds per ``ADMIT`` carrying the previous call's release.
+
+    What an admit + release costs when the release rides along, as it does
+    in the roads above, with nothing but a blocking socket around it: one
+    round trip and the script, the floor under every road.
+    """
+    live = limits._process()
+    door = live.door(("tool:floor",), ())
+    slot, queue = door._pair("slot", "tool:floor")
+    keys = [live.key("limits"), live.key("declared"), slot, queue, slot, queue]
+    sha = live.conn.sync.script_load(_scripts.ADMIT)
+    head = [door.waiter, live.ttl_us, 1, 0, live.poll_us, 0, 1, live.channel]
+    sock = _socket(limits.url)
+
+    def admit(i: int) -> None:
+        args = [f"floor:{i}", *head, "tool:floor", CONCURRENCY, f"floor:{i - 1}"]
+        sock.sendall(_resp.command(["EVALSHA", sha, len(keys), *keys, *args]))
+        reader = _resp.Reader()
+        while (reply := reader.reply()) is _resp.NOT_YET:
+            reader.feed(sock.recv(65536))
+        assert reply[0] == 1, reply
+
+    for i in range(50):
+        admit(i)
+    started = time.perf_counter()
+    for i in range(50, 50 + calls):
+        admit(i)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed / calls * 1e6
+
+
+def _socket(url: str) -> socket.socket:
+    where = urlsplit(url)
+    sock = socket.create_connection((where.hostname, where.port or 6379))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _socket_ping_us(url: str, calls: int) -> float:
+    sock = _socket(url)
+    sock.sendall(b"PING\r\n")
+    sock.recv(64)
+    started = time.perf_counter()
+    for _ in range(calls):
+        sock.sendall(b"PING\r\n")
+        sock.recv(64)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed / calls * 1e6
+
+
 @plait.tool(name="bench", concurrency_limit=CONCURRENCY)
 async def _noop(i: int) -> int:
     return i
@@ -172,44 +254,58 @@ def _ping_us(url: str, calls: int) -> float:
 
 
 def uncontended(url: str, calls: int, repeat: int) -> list[dict[str, Any]]:
-    rows = []
-    for backend, road, threads in ROADS:
-        pairs, pings, shared, local = [], [], [], []
-        for _ in range(repeat):
-            pings.append(_ping_us(url, calls))
-            limits = _limits(url, threads)
-            pairs.append(anyio.run(_admit_release, limits, calls, backend=backend))
-            shared.append(anyio.run(_engine_calls, limits, calls, backend=backend))
-            local.append(anyio.run(_engine_calls, None, calls, backend=backend))
+    """One row per road, then the floors; the roads take turns each repeat."""
+    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
+
+    def add(row: tuple[str, str], **values: float) -> None:
+        got = samples.setdefault(row, {})
+        for name, value in values.items():
+            got.setdefault(name, []).append(value)
+
+    for _ in range(repeat):
+        for backend, road, key in ROADS:
+            limits = _limits(url, key)
+            add(
+                (backend, road),
+                ping=_ping_us(url, max(1, calls // 4)),
+                socket_ping=_socket_ping_us(url, max(1, calls // 4)),
+                pair=_run(backend, _admit_release, limits, calls),
+                shared=_run(backend, _engine_calls, limits, calls),
+                local=_run(backend, _engine_calls, None, calls),
+            )
             limits.close()
-        pair = statistics.median(pairs)
+        limits = _limits(url, "threads")
+        add(
+            FLOORS[0],
+            ping=_ping_us(url, max(1, calls // 4)),
+            socket_ping=_socket_ping_us(url, max(1, calls // 4)),
+            pair=_raw_pair(limits, calls),
+        )
+        add(
+            FLOORS[1],
+            ping=_ping_us(url, max(1, calls // 4)),
+            socket_ping=_socket_ping_us(url, max(1, calls // 4)),
+            pair=_socket_floor(limits, calls),
+        )
+        limits.close()
+    rows = []
+    for (backend, road), got in samples.items():
+        pair = statistics.median(got["pair"])
         rows.append(
             {
                 "backend": backend,
                 "road": road,
-                "ping_us": statistics.median(pings),
+                "ping_us": statistics.median(got["ping"]),
+                "socket_ping_us": statistics.median(got["socket_ping"]),
                 "admit_release_us": pair,
-                "engine_extra_us": statistics.median(shared) - statistics.median(local),
+                "engine_extra_us": (
+                    statistics.median(got["shared"]) - statistics.median(got["local"])
+                    if "shared" in got
+                    else None
+                ),
                 "passed": pair <= TARGET_UNCONTENDED_US,
             }
         )
-    pings, raws = [], []
-    for _ in range(repeat):
-        pings.append(_ping_us(url, calls))
-        limits = _limits(url, True)
-        raws.append(_raw_pair(limits, calls))
-        limits.close()
-    raw = statistics.median(raws)
-    rows.append(
-        {
-            "backend": "none",
-            "road": "raw script pair, one thread",
-            "ping_us": statistics.median(pings),
-            "admit_release_us": raw,
-            "engine_extra_us": None,
-            "passed": raw <= TARGET_UNCONTENDED_US,
-        }
-    )
     return rows
 
 
@@ -383,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 "backend",
                 "road",
-                "PING us",
+                "PING redis-py us",
+                "PING socket us",
                 "admit+release us",
                 "engine +us/call",
                 "<=150",
@@ -393,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r["backend"],
                     r["road"],
                     f"{r['ping_us']:.0f}",
+                    f"{r['socket_ping_us']:.0f}",
                     f"{r['admit_release_us']:.0f}",
                     ""
                     if r["engine_extra_us"] is None

@@ -226,7 +226,7 @@ def test_shared_limits_script_end_to_end(
     assert "all scripts per call" in printed
     assert [(r["backend"], r["road"]) for r in data["uncontended"]] == [
         *((b, road) for b, road, _ in module.ROADS),
-        ("none", "raw script pair, one thread"),
+        *module.FLOORS,
     ]
     for row in data["uncontended"]:
         assert row["admit_release_us"] > 0

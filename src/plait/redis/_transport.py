@@ -1,19 +1,27 @@
-"""How plait talks to Redis: redis-py clients, from any backend, never hanging.
+"""How plait talks to Redis: from any backend, never hanging.
 
-redis-py's asyncio client only runs on asyncio, and its connection pools
-belong to one event loop, with no hook to close them when the loop ends.
-So an admission from a task runs the sync client on plait's worker threads
-(the thread bridge), which wakes the task when the answer is in: one road
-for asyncio, uvloop and Trio, and one connection pool per process. The
-asyncio client's road (one client per loop) stays available for
-``benchmarks/shared_limits.py``, which measures both side by side: on a
-loaded 2-core machine it saved up to about a fifth of a call's cost on
-asyncio, within the noise in some runs.
+An admission, the one script call on a call's path, goes through plait's
+own client (:mod:`._client`): ``EVALSHA`` over plain non-blocking sockets,
+awaited from the waiting task with anyio on asyncio, uvloop and Trio
+alike, with no thread hop and no redis-py. Its sockets belong to no event
+loop, so one pool per process serves every loop.
 
-Everything else (releases, renewals, notices, ``set_limit``) uses the sync
-client from threads. Every connection has connect and read timeouts, so a
-server that accepts a connection but never answers is an unreachable one:
-:class:`plait.LimitBackendUnavailable`, never a hang.
+Everything else (releases not carried by an admission, renewals, release
+notices, ``set_limit``) runs redis-py's sync client on threads, off any
+event loop. So do admissions to a ``rediss://`` server, which the own
+client does not speak (TLS): on plait's worker threads (the thread
+bridge), which wake the task when the answer is in.
+
+Two older roads for admissions stay for ``benchmarks/shared_limits.py``,
+which measures them side by side with the own client: the sync client on
+worker threads (``"threads"``), and redis-py's asyncio client on asyncio
+(``"asyncio"``, one client per loop: its pools belong to one event loop,
+with no hook to close them when the loop ends).
+
+Every connection has connect and read timeouts, so a server that accepts
+a connection but never answers is an unreachable one:
+:class:`plait.LimitBackendUnavailable`, never a hang; so are a refused
+connection, a reset one and a server still loading its data.
 """
 
 from __future__ import annotations
@@ -23,13 +31,20 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+
 from .._concurrency._bridge import run_in_thread
 from .._concurrency._limits import Limiter
 from .._concurrency._threads import current_inbox
 from .._concurrency._wakeup import running_async_library
 from .._model._errors import LimitBackendUnavailable
+from ._client import ScriptClient
+from ._resp import ReplyError
 
-__all__ = ["Connection", "import_redis"]
+__all__ = ["ROADS", "Connection", "import_redis"]
+
+#: The ways an admission can reach the server (see the module's docstring).
+ROADS = ("native", "threads", "asyncio")
 
 T = TypeVar("T")
 
@@ -52,11 +67,14 @@ def _nothing() -> None:
 class Connection:
     """The clients of one process for one server URL."""
 
-    def __init__(self, url: str, timeout: float, *, threads_only: bool = True) -> None:
+    def __init__(self, url: str, timeout: float, *, road: str = "native") -> None:
         self.redis = redis = import_redis()
         self.url = url
         self.timeout = timeout
-        self.threads_only = threads_only
+        if road == "native" and not ScriptClient.supports(url):
+            road = "threads"
+        self.road = road
+        self.native = ScriptClient(url, timeout) if road == "native" else None
         self._options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -118,8 +136,29 @@ class Connection:
 
     # -- from a task -------------------------------------------------------
     async def script(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """Run ``script`` from the calling task, on whichever backend it is."""
-        if self.threads_only or running_async_library() != "asyncio":
+        """Run ``script`` from the calling task, on whichever backend it is.
+
+        Never cancelled from outside, so that a reply (an admission, say)
+        always reaches the caller; bounded by the timeout instead.
+        """
+        native = self.native
+        if native is not None:
+            try:
+                reply = await native.script(script, keys, args)
+            except OSError as exc:
+                raise self.unavailable(exc) from exc
+            if isinstance(reply, ReplyError):
+                if _restarting(reply):
+                    raise self.unavailable(reply)
+                raise self.redis.exceptions.ResponseError(reply.message)
+            return reply
+        with anyio.CancelScope(shield=True):
+            return await self._redis_py_script(script, keys, args)
+
+    async def _redis_py_script(
+        self, script: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        if self.road == "threads" or running_async_library() != "asyncio":
             return await run_in_thread(
                 self.sync_script, (script, keys, args), {}, _nothing, self._threads
             )
@@ -154,6 +193,8 @@ class Connection:
         return entry
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
         self.sync.close()
 
 

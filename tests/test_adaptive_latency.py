@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 from hypothesis import given, settings
@@ -215,7 +217,7 @@ async def _run(service: _Crowded, items: int) -> tuple[int, list[int]]:
 async def test_the_limit_settles_where_latency_starts_to_climb() -> None:
     # 20 ms up to 4 at once, then 20 ms per 4: twice the floor at 8.
     limit, limits = await _run(_Crowded(0.02, knee=4), 400)
-    cuts = [b for a, b in zip(limits, limits[1:], strict=False) if b < a]
+    cuts = [b for a, b in itertools.pairwise(limits) if b < a]
     assert cuts, limits
     assert 2 <= limit <= 16, limits
     assert max(limits[len(limits) // 2 :]) <= 20, limits

@@ -119,6 +119,7 @@ def compose_pipeline(
             limiters,
             buckets,
             *_shared_extra(run, report),
+            report=report,
         )
     if adaptive is not None:
         attempt = with_adaptive(attempt, report, adaptive)

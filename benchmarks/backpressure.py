@@ -46,7 +46,7 @@ The target, at most ``TARGET_OVERHEAD_US`` added, is judged on the
 in-process rows. Both sides make the same requests on the same client, so
 the socket work is the same on both; on a shared 2-core machine its CPU
 time varies from run to run by more than the target (the loopback rows'
-difference ranged from -69 to +168 us between runs that gave +18 to +38
+difference ranged from -92 to +268 us between runs that gave +18 to +38
 in process). The loopback rows are printed beside, as the end-to-end
 check.
 

@@ -554,6 +554,7 @@ def test_new_event_is_the_event_the_constructor_makes() -> None:
         "error": error,
         "delay": 1.5,
         "limit": 3,
+        "key": "alice",
     }
     made = new_event(plait.EventKind.CALL_RETRIED, "map[3]", **fields)
     assert made == plait.Event(

@@ -220,3 +220,24 @@ def test_the_body_is_decoded_in_its_charset(
 
     response = httpx.Response(200, headers={"content-type": content_type}, content=body)
     assert _text(response) == text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Content-Type", b"application/json"), (b"content-length", b"2")],
+        [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-A", b"1")],
+        [(b"x-name", "é".encode())],
+        [(b"x-name", "é".encode("latin-1"))],
+        [],
+    ],
+)
+def test_the_headers_are_httpx_own_joined_and_in_lower_case(
+    raw: list[tuple[bytes, bytes]],
+) -> None:
+    import httpx
+
+    from plait.tools._http import _headers
+
+    response = httpx.Response(200, headers=raw, content=b"{}")
+    assert _headers(response) == dict(response.headers.items())

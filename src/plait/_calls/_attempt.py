@@ -126,7 +126,7 @@ class Steps:
         self.admit = admit
         self.report = report
         self.counters = report.counters
-        self.add_latency = report.counters.latency.add
+        self.add_latency: Callable[[float], None] = report.counters.latency.add
         self.bus = report.bus
         self.on_failure = on_failure
         self.whole_call = on_failure is not None

@@ -10,11 +10,14 @@ Two parts, each composed only where it is used:
 * :func:`with_adaptive`, a layer between the retry layer and the
   middleware for a tool whose limit is :class:`plait.Adaptive`: it tells
   the limit's controller how each attempt ended, so that it shrinks on a
-  push-back and grows while calls succeed.
+  push-back and grows while calls succeed; :func:`observing` hands the
+  controller each successful attempt's latency (the tool's own time, not
+  its wait for a slot), so that it shrinks when latency climbs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._concurrency._adaptive import AdaptiveLimit
@@ -26,7 +29,7 @@ from ._admission import Admission
 from ._attempt import Attempt
 from ._report import CallReport
 
-__all__ = ["pause_for", "push_back", "with_adaptive"]
+__all__ = ["observing", "pause_for", "push_back", "with_adaptive"]
 
 
 def pause_for(error: RateLimited, policy: Retry | None, failed_attempts: int) -> float:
@@ -56,6 +59,19 @@ def push_back(
     report.note(
         EventKind.CALL_PUSHED_BACK, template, loc, number, error=error, delay=pause
     )
+
+
+def observing(
+    add_latency: Callable[[float], None], control: AdaptiveLimit
+) -> Callable[[float], None]:
+    """``add_latency`` (the tool's latency counter), telling ``control`` too."""
+    observe = control.observe
+
+    def add(seconds: float) -> None:
+        add_latency(seconds)
+        observe(seconds)
+
+    return add
 
 
 def with_adaptive(

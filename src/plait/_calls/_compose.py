@@ -33,7 +33,7 @@ from ._attempt import (
     build_attempt,
     thread_call,
 )
-from ._backpressure import with_adaptive
+from ._backpressure import observing, with_adaptive
 from ._context import RunContext, ToolRuntime
 from ._invoker import Invoker
 from ._journal import counting_attempts, with_journal
@@ -105,6 +105,8 @@ def compose_pipeline(
         report,
         None if layered else finish,
     )
+    if adaptive is not None:
+        steps.add_latency = observing(steps.add_latency, adaptive)
     attempt = _attempt(rt, run, steps, timeout)
     journal = run.journal if tool.journal else None
     if journal is not None:
@@ -117,6 +119,7 @@ def compose_pipeline(
             limiters,
             buckets,
             *_shared_extra(run, report),
+            report=report,
         )
     if adaptive is not None:
         attempt = with_adaptive(attempt, report, adaptive)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import attrs
@@ -34,11 +35,13 @@ from .._concurrency._cooldown import CoolDown
 from .._concurrency._limits import Limiter, LimiterRegistry
 from .._model._backpressure import Adaptive
 from .._model._errors import ConfigError, RateLimited
+from .._model._events import EventKind
 from .._model._paths import fill
 from .._model._ratelimit import RateLimit
 from .._model._tools import Tool
 from ._admission import Admission, admission
 from ._attempt import Attempt
+from ._report import CallReport
 
 __all__ = [
     "KeyedLimit",
@@ -122,6 +125,12 @@ def _link(mw: Middleware, call_next: Next) -> Next:
     return handler
 
 
+_reporting: ContextVar[CallReport | None] = ContextVar(
+    "plait_middleware_report", default=None
+)
+"""The report of the call whose middleware runs in this task (see below)."""
+
+
 def with_middleware(
     attempt: Attempt,
     tool: Tool,
@@ -131,12 +140,16 @@ def with_middleware(
     make_admission: Callable[
         [tuple[Limiter, ...], tuple[TokenBucket, ...]], Admission
     ] = admission,
+    *,
+    report: CallReport | None = None,
 ) -> Attempt:
     """Run ``middleware`` around every ``attempt`` of ``tool``'s calls.
 
     ``limiters`` and ``buckets`` are the call's own limits: limits a
     middleware adds to the :class:`ToolCall` are taken together with them,
-    by the admission ``make_admission`` builds.
+    by the admission ``make_admission`` builds. ``report``: the tool's, which
+    plait's own middleware (a :class:`KeyedLimit`'s adaptive limits) reports
+    to while the attempt runs.
     """
 
     async def core(c: ToolCall) -> Any:
@@ -152,6 +165,8 @@ def with_middleware(
         return await attempt(c.args, c.kwargs, _literal(c.path), (), c.attempt, extra)
 
     handler = chain(middleware, core)
+    if report is not None:
+        handler = _reporting_to(report, handler)
 
     def one_try(
         args: tuple[Any, ...],
@@ -164,6 +179,24 @@ def with_middleware(
         return handler(ToolCall(tool, args, kwargs, fill(template, loc), number))
 
     return one_try
+
+
+def _reporting_to(report: CallReport, handler: Next) -> Next:
+    """``handler``, with ``report`` the current one while it runs.
+
+    A context variable rather than a field of the public :class:`ToolCall`;
+    reset when the attempt ends, so a tool calling tools in its own task
+    leaves the outer call's report in force.
+    """
+
+    async def reporting(call: ToolCall) -> Any:
+        token = _reporting.set(report)
+        try:
+            return await handler(call)
+        finally:
+            _reporting.reset(token)
+
+    return reporting
 
 
 def _literal(path: str) -> str:
@@ -192,16 +225,48 @@ class _Pauses:
                 return self._gates.setdefault(key, CoolDown())
 
 
+class _KeyReport:
+    """Where a key's adaptive limit reports: the calling tool's stats and events."""
+
+    __slots__ = ("call", "key", "report")
+
+    def __init__(self, report: CallReport, call: ToolCall, key: str) -> None:
+        self.report = report
+        self.call = call
+        self.key = key
+
+    def now(self, limit: int) -> None:
+        """The key's limit as this tool's calls see it (in its stats)."""
+        self.report.counters.key_limits[self.key] = limit
+
+    def changed(self, limit: int | None) -> None:
+        """The key's limit moved to ``limit`` (None: it did not)."""
+        if limit is None:
+            return
+        self.now(limit)
+        call = self.call
+        self.report.note(
+            EventKind.LIMIT_CHANGED,
+            _literal(call.path),
+            (),
+            call.attempt,
+            limit=limit,
+            key=self.key,
+        )
+
+
 async def _under_backpressure(
     call: ToolCall,
     call_next: Next,
     gate: CoolDown,
     control: AdaptiveLimit | None = None,
+    to: _KeyReport | None = None,
 ) -> Any:
     """``call_next(call)`` after the key's pause; a push-back pauses the key.
 
     The pause is the ``retry_after`` the service asked for, else the tool's
-    retry backoff; ``control``, the key's adaptive limit, hears how it went.
+    retry backoff; ``control``, the key's adaptive limit, hears how it went,
+    and ``to`` hears where it moved.
     """
     if gate.cooling():
         await gate.wait()
@@ -214,10 +279,14 @@ async def _under_backpressure(
             pause = retry.delay(call.attempt) if retry is not None else 0.0
         gate.cool(pause)
         if control is not None:
-            control.pushed_back()
+            limit = control.pushed_back()
+            if to is not None:
+                to.changed(limit)
         raise
     if control is not None:
-        control.succeeded()
+        limit = control.succeeded()
+        if to is not None:
+            to.changed(limit)
     return result
 
 
@@ -286,6 +355,9 @@ class KeyedLimit:
     When a call of a key is pushed back (:class:`plait.RateLimited`), the
     key's calls pause (for its ``retry_after``, else the tool's retry
     backoff) and its adaptive limit, if any, shrinks; other keys go on.
+    A key's adaptive limit is in the stats of the tools whose calls went
+    through it (``ToolStats.key_limits``) and each move in a
+    ``tool.limit_changed`` event naming the ``key``.
     """
 
     def __init__(
@@ -324,9 +396,17 @@ class KeyedLimit:
     def __call__(self, call: ToolCall, call_next: Next) -> Awaitable[Any]:
         key = self.key(call)
         limiter = self.limits.limiter(key)
+        control = self.control(key)
+        to = None
+        if control is not None:
+            report = _reporting.get()
+            if report is not None:
+                to = _KeyReport(report, call, key)
+                to.now(control.value)
         return _under_backpressure(
             attrs.evolve(call, limiters=(*call.limiters, limiter)),
             call_next,
             self._pauses.gate(key),
-            self.control(key),
+            control,
+            to,
         )

@@ -314,8 +314,18 @@ class RunTracker:
         return sum(t.pushed_back for t in self.tools.values())
 
     def limits(self) -> dict[str, int]:
-        """The current adaptive concurrency limits, by tool, of those that moved."""
-        return {name: t.limit for name, t in self.tools.items() if t.limit is not None}
+        """The current adaptive concurrency limits of those that moved.
+
+        By tool (``api``), and by tool and key under a :class:`plait.KeyedLimit`
+        (``api[alice]``).
+        """
+        found = {}
+        for name, t in self.tools.items():
+            if t.limit is not None:
+                found[name] = t.limit
+            for key, limit in t.key_limits.items():
+                found[f"{name}[{key}]"] = limit
+        return found
 
     # -- the subscriber -----------------------------------------------------
     def __call__(self, event: Event) -> None:
@@ -364,8 +374,11 @@ class RunTracker:
             self.abandoned_threads += 1
         elif kind is EventKind.CALL_PUSHED_BACK:
             tool.pushed_back += 1
-        elif kind is EventKind.LIMIT_CHANGED:
-            tool.limit = event.limit
+        elif kind is EventKind.LIMIT_CHANGED and event.limit is not None:
+            if event.key is None:
+                tool.limit = event.limit
+            else:
+                tool.key_limits[event.key] = event.limit
 
     def _step_ended(self, event: Event, ok: bool) -> None:
         progress = self.steps.get(event.path)

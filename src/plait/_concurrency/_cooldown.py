@@ -36,8 +36,9 @@ class CoolDown:
         return self.until - _now()
 
     def cooling(self) -> bool:
-        """Whether a pause is on now."""
-        return self.until > _now()
+        """Whether a pause is on now (no clock read before the first one)."""
+        until = self.until
+        return until != 0.0 and until > _now()
 
     def cool(self, seconds: float) -> bool:
         """Pause for ``seconds`` from now, unless a longer pause is on.

@@ -32,10 +32,13 @@ class Adaptive:
     Give it as a tool's ``concurrency_limit`` (or to
     :class:`plait.KeyedLimit`): the tool starts with ``initial`` calls at
     once at most; the limit shrinks multiplicatively when the service pushes
-    back (a call raises :class:`plait.RateLimited`) and grows by one for
-    every window of successful calls while it is in use; ``min`` and ``max``
-    bound it. The current value is in the run's stats
-    (``ToolStats.limit``) and in ``tool.limit_changed`` events.
+    back (a call raises :class:`plait.RateLimited`) or when the median
+    latency of a window of 32 successful calls climbs above twice its
+    recent floor, and grows by one for every window of successful calls
+    while it is in use; ``min`` and ``max`` bound it. The current value is
+    in the run's stats (``ToolStats.limit``; per key under
+    :class:`plait.KeyedLimit`, ``ToolStats.key_limits``) and in
+    ``tool.limit_changed`` events.
 
     Args:
         initial: the limit before any call has finished.

@@ -65,6 +65,9 @@ class Event:
             pause of the tool's calls, for ``call.pushed_back``.
         limit: the tool's new concurrency limit, for ``tool.limit_changed``
             (an :class:`plait.Adaptive` limit that moved).
+        key: for ``tool.limit_changed`` of a :class:`plait.KeyedLimit`'s
+            adaptive limit, the key whose limit moved (``limit`` is then that
+            key's); None for the tool's own limit.
     """
 
     kind: EventKind
@@ -77,6 +80,7 @@ class Event:
     error: BaseException | None = None
     delay: float | None = None
     limit: int | None = None
+    key: str | None = None
 
 
 Subscriber = Callable[[Event], Any]
@@ -94,6 +98,7 @@ _monotonic = time.monotonic
     _set_error,
     _set_delay,
     _set_limit,
+    _set_key,
 ) = (getattr(Event, f.name).__set__ for f in attrs.fields(Event))
 
 
@@ -107,6 +112,7 @@ def new_event(
     error: BaseException | None = None,
     delay: float | None = None,
     limit: int | None = None,
+    key: str | None = None,
 ) -> Event:
     """``Event(kind, path, ...)`` stamped now, for the hot paths that emit.
 
@@ -126,6 +132,7 @@ def new_event(
     _set_error(event, error)
     _set_delay(event, delay)
     _set_limit(event, limit)
+    _set_key(event, key)
     return event
 
 

@@ -112,6 +112,7 @@ class ToolCounters:
     __slots__ = (
         "calls",
         "failures",
+        "key_limits",
         "latency",
         "limit",
         "pushed_back",
@@ -129,11 +130,13 @@ class ToolCounters:
         self.latency = LatencyHistogram()
         self.pushed_back = 0
         self.limit: int | None = None
+        self.key_limits: dict[str, int] = {}
 
     def merge(self, other: ToolCounters) -> None:
         """Add what ``other`` counted (a remote chunk's calls) to these.
 
-        ``limit`` stays this one's: an adaptive limit is each engine's own.
+        ``limit`` and ``key_limits`` stay this one's: an adaptive limit is
+        each engine's own.
         """
         self.calls += other.calls
         self.failures += other.failures
@@ -157,6 +160,7 @@ class ToolCounters:
             mean=lat.mean,
             pushed_back=self.pushed_back,
             limit=self.limit,
+            key_limits=dict(self.key_limits),
         )
 
 
@@ -179,6 +183,10 @@ class ToolStats:
             (:class:`plait.RateLimited`).
         limit: the tool's :class:`plait.Adaptive` concurrency limit at the
             end of the run; None for a fixed limit.
+        key_limits: under a :class:`plait.KeyedLimit` with an ``adaptive``
+            limit, the live limit of each key this tool's calls went
+            through, at the end of the run (a key several tools share shows
+            the same value in each).
     """
 
     calls: int
@@ -192,6 +200,7 @@ class ToolStats:
     mean: float | None
     pushed_back: int = 0
     limit: int | None = None
+    key_limits: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json as jsonlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -47,6 +47,9 @@ __all__ = [
 
 DEFAULT_HTTP_CONCURRENCY = Adaptive(initial=8, min=1, max=64)
 """Requests of one HTTP tool in flight at once per engine, by default."""
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for each of connecting, sending and reading, by default."""
 
 _PUSH_BACK = frozenset({429, 503})
 _POOL_WITHOUT_LIMIT = 100  # httpx's own default
@@ -92,14 +95,15 @@ def _tls() -> ssl.SSLContext:
     return context
 
 
-def _text(response: httpx.Response) -> str:
+def _text(response: httpx.Response, content_type: str | None = None) -> str:
     """The body as text, in the charset its content type names (else UTF-8).
 
     What ``response.text`` gives, for a fraction of its cost on the small
     bodies APIs send (it parses the header with :mod:`email` and decodes
-    incrementally).
+    incrementally). ``content_type``: the header, when already read.
     """
-    content_type = response.headers.get("content-type", "")
+    if content_type is None:
+        content_type = response.headers.get("content-type", "")
     _, found, rest = content_type.lower().partition("charset=")
     charset = rest.split(";", 1)[0].strip(" \"'") if found else "utf-8"
     try:
@@ -108,8 +112,25 @@ def _text(response: httpx.Response) -> str:
         return response.text
 
 
-def _decoded(response: httpx.Response) -> Any:
-    if "json" not in response.headers.get("content-type", ""):
+def _headers(response: httpx.Response) -> dict[str, str]:
+    """The headers as a dict, names in lower case, repeated ones joined.
+
+    What ``dict(response.headers.items())`` gives, in one pass over the raw
+    headers with their encoding looked up once (``items()`` looks it up
+    twice per header).
+    """
+    headers = response.headers
+    encoding = headers.encoding
+    found: dict[str, str] = {}
+    for raw_name, raw_value in headers.raw:
+        name = raw_name.decode(encoding).lower()
+        value = raw_value.decode(encoding)
+        found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
+def _decoded(response: httpx.Response, content_type: str) -> Any:
+    if "json" not in content_type:
         return None
     try:
         return jsonlib.loads(response.content)
@@ -117,18 +138,38 @@ def _decoded(response: httpx.Response) -> Any:
         return None
 
 
-def _check(method: str, url: str, response: httpx.Response) -> None:
-    """Raise for a status that is not a success; see the module docstring."""
+def _response(method: str, url: str, response: httpx.Response) -> HttpResponse:
+    """The :class:`HttpResponse` of a success; raise for an error status.
+
+    See the module docstring for which error each status raises.
+    """
+    headers = _headers(response)
     status = response.status_code
-    if status < 400:
-        return
-    if status in _PUSH_BACK:
-        raise RateLimited(
-            f"{method} {url} returned {status}",
-            retry_after=response.headers.get("retry-after"),
-        )
-    error = HttpServerError if status >= 500 else HttpError
-    raise error(status, method, url, response.text)
+    if status >= 400:
+        if status in _PUSH_BACK:
+            raise RateLimited(
+                f"{method} {url} returned {status}",
+                retry_after=headers.get("retry-after"),
+            )
+        error = HttpServerError if status >= 500 else HttpError
+        raise error(status, method, url, response.text)
+    content_type = headers.get("content-type", "")
+    return HttpResponse(
+        status,
+        headers,
+        _text(response, content_type),
+        _decoded(response, content_type),
+    )
+
+
+def _translated(method: str, url: str, error: Exception) -> Exception | None:
+    """The builtin error a failed request raises, or None to let it through."""
+    hx = _httpx()
+    if isinstance(error, hx.TimeoutException):
+        return TimeoutError(f"{method} {url} timed out: {error}")
+    if isinstance(error, hx.TransportError):
+        return ConnectionError(f"{method} {url} failed: {error!r}")
+    return None
 
 
 class HttpClient:
@@ -162,6 +203,7 @@ class HttpClient:
             headers=self.headers,
             limits=limits,
             verify=_tls(),
+            timeout=DEFAULT_TIMEOUT,
         )
         return client
 
@@ -174,7 +216,7 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: str | bytes | None = None,
-        timeout: float | None = 30.0,  # noqa: ASYNC109 - httpx's, per request
+        timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - httpx's, per request
     ) -> HttpResponse:
         """Send one request and return its :class:`HttpResponse`.
 
@@ -195,37 +237,63 @@ class HttpClient:
             TimeoutError: the request timed out.
             ConnectionError: the connection failed or broke.
         """
-        hx = _httpx()
         resources = current_resources()
-        request = {
-            "params": params,
-            "headers": headers,
-            "json": json,
-            "content": content,
-            "timeout": timeout,
-        }
         try:
             if resources is None:  # outside a run: a client for this call
                 async with self.new_client() as client:
-                    response = await client.request(method, url, **request)
+                    response = await _send(
+                        client, method, url, params, headers, json, content, timeout
+                    )
             else:
                 client = resources.get(self, self._shared)
-                response = await client.request(method, url, **request)
-        except hx.TimeoutException as e:
-            raise TimeoutError(f"{method} {url} timed out: {e}") from e
-        except hx.TransportError as e:
-            raise ConnectionError(f"{method} {url} failed: {e!r}") from e
-        _check(method, url, response)
-        return HttpResponse(
-            response.status_code,
-            dict(response.headers.items()),  # names already in lower case
-            _text(response),
-            _decoded(response),
-        )
+                response = await _send(
+                    client, method, url, params, headers, json, content, timeout
+                )
+        except Exception as e:
+            error = _translated(method, url, e)
+            if error is None:
+                raise
+            raise error from e
+        return _response(method, url, response)
 
     def _shared(self) -> tuple[httpx.AsyncClient, Any]:
         client = self.new_client()
         return client, client.aclose
+
+
+def _send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    params: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None,
+    json: Any,
+    content: str | bytes | None,
+    timeout: float | None,
+) -> Awaitable[httpx.Response]:
+    """Send the request, passing httpx only the options the call gave.
+
+    A plain request (the usual GET) leaves httpx's defaults alone: a
+    ``timeout`` it would turn into a ``Timeout`` per request is the
+    client's own (``DEFAULT_TIMEOUT``) already.
+    """
+    if (
+        params is None
+        and headers is None
+        and json is None
+        and content is None
+        and timeout == DEFAULT_TIMEOUT
+    ):
+        return client.request(method, url)
+    return client.request(
+        method,
+        url,
+        params=params,
+        headers=headers,
+        json=json,
+        content=content,
+        timeout=timeout,
+    )
 
 
 def _pool(limit: int | Adaptive | None) -> int:

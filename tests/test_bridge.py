@@ -587,3 +587,70 @@ def test_a_forked_child_gets_worker_threads_of_its_own() -> None:
         [sys.executable, "-c", script], timeout=30, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_thread_limit_runs_queued_calls_back_to_back() -> None:
+    # Calls over a bounded thread limit queue behind it; the thread that
+    # finishes one takes the next itself, never more than the limit at once.
+    from plait._concurrency._bridge import run_in_thread
+    from plait._concurrency._limits import Limiter
+
+    gauge = Gauge()
+    threads = Limiter(2)
+    released: list[int] = []
+    workers: set[int] = set()
+
+    def work(i: int) -> int:
+        gauge.enter()
+        workers.add(threading.get_ident())
+        time.sleep(0.005)
+        gauge.leave()
+        return i * 10
+
+    results: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await run_in_thread(
+            work, (i,), {}, lambda: released.append(i), threads
+        )
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    assert results == {i: i * 10 for i in range(20)}
+    assert gauge.peak == 2
+    assert len(workers) <= 2
+    assert sorted(released) == list(range(20))
+    assert threads.borrowed == 0
+
+
+async def test_a_call_cancelled_in_the_thread_queue_never_runs() -> None:
+    from plait._concurrency._bridge import run_in_thread
+    from plait._concurrency._limits import Limiter
+
+    threads = Limiter(1)
+    ran: list[str] = []
+    released: list[str] = []
+    gate = threading.Event()
+
+    def blocker() -> None:
+        gate.wait(5)
+        ran.append("blocker")
+
+    def queued() -> None:
+        ran.append("queued")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            run_in_thread, blocker, (), {}, lambda: released.append("blocker"), threads
+        )
+        await anyio.sleep(0.05)
+        with anyio.move_on_after(0.05):
+            await run_in_thread(
+                queued, (), {}, lambda: released.append("queued"), threads
+            )
+        assert released == ["queued"]  # given back at once: it never started
+        gate.set()
+    assert ran == ["blocker"]
+    assert sorted(released) == ["blocker", "queued"]
+    assert threads.borrowed == 0

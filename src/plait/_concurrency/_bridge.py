@@ -20,9 +20,13 @@ frameworks keep meeting.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import contextvars
+import functools
 import inspect
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +104,76 @@ class _Handoff:
             self._release()
 
 
+# A job run on a worker thread; it returns what wakes its task, if it ran.
+Job = Callable[[], Callable[[], None] | None]
+
+
+class _Lane:
+    """The jobs of one thread limit: at most its total run at once.
+
+    A job that finds every slot taken waits in the lane's queue, not in its
+    task: the thread that finishes a job takes the next one itself, so a
+    limit of one runs its jobs back to back, without a trip through an
+    event loop (and a wake-up of a task, and of a thread) between two.
+    Taking a slot and queueing, and giving a slot back and emptying the
+    queue, happen under one lock: a queued job always has a thread coming.
+    """
+
+    __slots__ = ("_jobs", "_lock", "_threads")
+
+    def __init__(self, threads: Limiter) -> None:
+        self._threads = threads
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job) -> None:
+        """Run ``job`` on a thread now, or once a slot is free.
+
+        ``job()`` returns what wakes its task (None when it did not run):
+        that runs after the slot is given back or passed on, so that a woken
+        task finds the limit as the job left it.
+        """
+        with self._lock:
+            if not self._threads.try_acquire():
+                self._jobs.append(job)
+                return
+        submit(functools.partial(self._run, job))
+
+    def discard(self, job: Job) -> None:
+        """Take ``job`` out of the queue, if it still waits there."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._jobs.remove(job)
+
+    def _run(self, job: Job | None) -> None:
+        """On a worker thread holding a slot: ``job``, then the queued ones."""
+        jobs = self._jobs
+        while job is not None:
+            wake = job()
+            with self._lock:
+                if jobs:
+                    job = jobs.popleft()
+                else:
+                    job = None
+                    self._threads.release()
+            if wake is not None:
+                wake()
+
+
+_lanes: weakref.WeakKeyDictionary[Limiter, _Lane] = weakref.WeakKeyDictionary()
+_lanes_lock = threading.Lock()
+
+
+def _lane(threads: Limiter) -> _Lane:
+    """The lane of ``threads`` (made on first use, gone with the limiter)."""
+    lane = _lanes.get(threads)
+    if lane is None:
+        with _lanes_lock:
+            lane = _lanes.get(threads)
+            if lane is None:
+                lane = _lanes[threads] = _Lane(threads)
+    return lane
+
+
 def _in_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
     # Run in a copy of the caller's context, which says "asyncio" or "trio":
     # in the worker thread no event loop runs.
@@ -128,16 +202,13 @@ async def run_in_thread(
     handoff = _Handoff(release)
     outcome: list[tuple[bool, Any]] = []  # (raised, result or exception)
     try:
-        if not threads.try_acquire():
-            await threads.acquire()
         done = anyio.Event()
         inbox = current_inbox()
         context = contextvars.copy_context()
 
-        def job() -> None:
+        def job() -> Callable[[], None] | None:
             if not handoff.thread_starts():
-                threads.release()
-                return
+                return None
             _local.handoff = handoff
             try:
                 outcome.append((False, context.run(_in_worker, fn, args, kwargs)))
@@ -146,11 +217,15 @@ async def run_in_thread(
             finally:
                 _local.handoff = None
                 handoff.thread_ends()
-                threads.release()
-            inbox.post(done)
+            return functools.partial(inbox.post, done)
 
-        submit(job)
-        await done.wait()
+        lane = _lane(threads)
+        lane.submit(job)
+        try:
+            await done.wait()
+        except BaseException:
+            lane.discard(job)  # still queued: it leaves the queue now
+            raise
         raised, result = outcome[0]
         if raised:
             raise result

@@ -438,34 +438,6 @@ async def test_push_backs_shrink_the_limit_not_below_min() -> None:
     assert stats.limit == 2
 
 
-async def test_keyed_limit_adapts_each_key() -> None:
-    registry = plait.LimiterRegistry()
-    limit = plait.KeyedLimit(
-        registry,
-        key=lambda c: c.kwargs["key"],
-        adaptive=plait.Adaptive(initial=4, min=1, max=4),
-    )
-
-    @plait.tool(retry=plait.Retry(attempts=1))
-    async def api(key: str) -> str:
-        await anyio.sleep(0)
-        if key == "a":
-            raise plait.RateLimited()
-        return key
-
-    engine = plait.Engine(tools=[api], middleware=[limit])
-    await engine.execute(
-        plait.MapReduce(
-            over=["a", "b"] * 4,
-            map=plait.Call("api", key=plait.Var("item")),
-            on_error="collect",
-        )
-    )
-    assert registry.get_limit("a") is not None
-    assert registry.get_limit("a") < 4
-    assert registry.get_limit("b") == 4
-
-
 async def test_adaptive_with_a_shared_registry_drives_its_limiter() -> None:
     registry = plait.LimiterRegistry()
 

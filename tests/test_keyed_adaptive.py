@@ -56,6 +56,7 @@ async def test_each_keys_limit_is_in_the_events_and_the_stats() -> None:
     assert all(e.path.startswith("map[") for e in events)
     stats = result.stats.tools["api"]
     assert stats.key_limits == {"a": registry.get_limit("a"), "b": 4}
+    assert registry.get_limit("b") == 4  # a key that only succeeds keeps its limit
     assert stats.key_limits["a"] == limits[-1] < 4
     assert stats.limit is None  # the tool's own limit is not adaptive
 

@@ -516,3 +516,28 @@ def test_tool_journal_flag() -> None:
     assert now.journal is False
     assert "journal=False" in repr(now)
     assert plait.tool(now.fn).journal is True
+
+
+def test_a_locked_database_is_tried_again_and_other_errors_are_not() -> None:
+    import sqlite3
+
+    from plait._journal._sqlite import _when_unlocked
+
+    tries: list[int] = []
+
+    def locked_twice() -> None:
+        tries.append(1)
+        if len(tries) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+
+    _when_unlocked(locked_twice)
+    assert len(tries) == 3
+
+    def broken() -> None:
+        tries.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    tries.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk"):
+        _when_unlocked(broken)
+    assert len(tries) == 1

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._model._errors import ConfigError, JournalError
@@ -133,10 +133,13 @@ class SqliteJournal:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            # Two connections making a new file WAL at once: SQLite may
+            # refuse one at once ("database is locked", without waiting out
+            # the busy timeout) to avoid a deadlock. It is worth trying again.
+            _when_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             sync = "FULL" if self.durability == "sync" else "NORMAL"
             db.execute(f"PRAGMA synchronous={sync}")
-            db.executescript(_SCHEMA)
+            _when_unlocked(lambda: db.executescript(_SCHEMA))
         except sqlite3.Error as error:
             raise JournalError(
                 f"cannot open the journal {self.path!r}: {error}"
@@ -216,6 +219,18 @@ def _claim(
     return fresh
 
 
+def _when_unlocked(statement: Callable[[], object]) -> None:
+    """Run ``statement``; on "database is locked", try again a few times."""
+    for delay in (0.05, 0.2, 1.0, None):
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as error:
+            if delay is None or "locked" not in str(error):
+                raise
+            time.sleep(delay)
+
+
 class _SqliteRun:
     """One run's connections: a writer's (the writer thread) and a reader's."""
 
@@ -254,18 +269,10 @@ class _SqliteRun:
         rows = rows_json(records)
         args = (self._run_id, rows)
         db = self._db
-        for delay in (0.05, 0.2, 1.0, None):
-            try:
-                # One statement, its own transaction: the thread lets go of
-                # the GIL once per group, not once per BEGIN and COMMIT too.
-                db.execute(_WRITE, args)
-                return
-            except sqlite3.OperationalError:
-                # "database is locked" past the busy timeout: another
-                # writer held the file for long; it is worth trying again.
-                if delay is None:
-                    raise
-                time.sleep(delay)
+        # One statement, its own transaction: the thread lets go of the GIL
+        # once per group, not once per BEGIN and COMMIT too. "database is
+        # locked" past the busy timeout: another writer held the file long.
+        _when_unlocked(lambda: db.execute(_WRITE, args))
 
     def finish(self, status: str) -> None:
         try:

@@ -24,6 +24,14 @@ Medians of the runs, by the wall clock and by the process's CPU time (all
 its threads; steadier on a busy machine, where the writer thread also
 waits longer for the GIL). A row passes when its wall-clock figure meets
 its target (``TARGETS``). ``--quick`` is a smoke run.
+
+``--switch-interval S`` sets CPython's GIL switch interval first. The
+writer thread needs the GIL a few times per commit group (to wake, to
+encode the group, to come back from SQLite, to wake the loop); while the
+event loop's thread is busy, each of those waits out the interval (5 ms by
+default), and a run on a quiet multi-core machine spends more time in
+those waits than in writing. ``--switch-interval 0.0005`` shows the cost
+without them.
 """
 
 from __future__ import annotations
@@ -188,13 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("PLAIT_BENCH_POSTGRES"),
         help="also measure a PostgresJournal on this server",
     )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        metavar="S",
+        help="sys.setswitchinterval(S) first (CPython's default is 0.005)",
+    )
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     items = args.items or (5_000 if args.quick else 100_000)
     repeat = args.repeat or (2 if args.quick else 5)
     print(
         f"{args.backend}, {items:,} calls per run, {WORKERS} workers, median of "
-        f"{repeat} interleaved runs"
+        f"{repeat} interleaved runs, GIL switch interval {sys.getswitchinterval()} s"
     )
     result = measure(args.backend, items, repeat, args.postgres)
     print(table(result))

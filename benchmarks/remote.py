@@ -25,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,16 @@ TARGET_SPEEDUP = 1.7
 TARGET_CANCEL_MS = 250.0
 
 
-def local_cluster() -> tuple[Any, Any]:
-    import distributed
+def local_cluster() -> AbstractContextManager[Any]:
+    """The tests' cluster: 2 single-thread worker processes on loopback.
 
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    return cluster, distributed.Client(cluster)
+    One definition for the tests and the benchmarks (``tests/_servers.py``);
+    entering it yields the ``distributed.Client``.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from _servers import dask_cluster
+
+    return dask_cluster()
 
 
 def _baseline(client: Any, xs: list[int], window: int) -> float:
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     elements = args.elements or (2_048 if args.quick else 100_000)
     repeat = args.repeat or (1 if args.quick else 5)
-    cluster, client = local_cluster()
-    try:
+    with local_cluster() as client:
         rows = [
             *(
                 ("overhead", measure_overhead(client, elements, repeat, backend))
@@ -185,9 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("cancel", measure_cancel(client, repeat)),
         ]
-    finally:
-        client.close()
-        cluster.close()
     for name, row in rows:
         values = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

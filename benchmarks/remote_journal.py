@@ -92,12 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --postgres DSN (or PLAIT_BENCH_POSTGRES)")
     elements = args.elements or (2_048 if args.quick else 50_000)
     repeat = args.repeat or (1 if args.quick else 5)
-    cluster, client = local_cluster()
-    try:
+    with local_cluster() as client:
         rows = measure(client, args.postgres, elements, repeat)
-    finally:
-        client.close()
-        cluster.close()
     print(f"{elements} elements, chunks of {CHUNK}, median of {repeat}")
     for row in rows:
         print(

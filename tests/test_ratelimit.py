@@ -331,9 +331,11 @@ async def test_keyed_rate_limit_keys_by_tool_name_by_default() -> None:
         plait.Parallel(*[plait.Call(n, i) for i in range(2) for n in "xy"])
     )
     for name in "xy":
-        s = sorted(starts[name])
-        assert s[0] - made < 0.1, "each tool has its own full bucket"
-        assert s[1] - s[0] >= 0.2 - EPSILON
+        assert min(starts[name]) - made < 0.1, "each tool has its own full bucket"
+        # Measured from the bucket's making, not from the first start: the
+        # first tool may begin a little late and the second right on time.
+        check_rate(starts[name], limit)
+        check_waited(starts[name], limit, made)
 
 
 # -- concurrency slots and cancellation ----------------------------------------

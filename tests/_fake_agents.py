@@ -168,9 +168,11 @@ class HangingAgent:
     def __init__(self, release: threading.Event, name: str = "hanger") -> None:
         self.name = name
         self.release = release
+        self.entered = threading.Event()
         self.returned = threading.Event()
 
     def run(self, task: Any) -> str:
+        self.entered.set()
         try:
             self.release.wait(HANG)
             return "late"
@@ -191,3 +193,12 @@ class FlakyAgent:
         if self.calls <= self.failures:
             raise self.error()
         return ("flaky", task, self.calls)
+
+
+def returns_once_released(hanger: HangingAgent) -> bool:
+    """The hanger's thread returned after the release, or it never started.
+
+    A call that times out before a worker thread takes it up never runs:
+    on a loaded machine that can happen to a hanger with a short timeout.
+    """
+    return not hanger.entered.is_set() or hanger.returned.wait(5)

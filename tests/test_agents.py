@@ -38,6 +38,7 @@ from _fake_agents import (
     Gauge,
     HangingAgent,
     SyncAgent,
+    returns_once_released,
 )
 from plait.agents import (
     DEFAULT_BATCH_SIZE,
@@ -664,7 +665,7 @@ def test_run_agents_with_timeout_returns_on_time_despite_a_hung_agent(
     [record] = agent_warnings(caplog)
     assert "2 blocking agent(s) timed out" in record.getMessage()
     for hanger in hangers:
-        assert hanger.returned.wait(5)
+        assert returns_once_released(hanger)
 
 
 @anyio_test
@@ -813,7 +814,7 @@ async def test_more_hung_agents_than_batch_size_still_return_in_bounded_time() -
     check_timed_out(out, {i: f"h{i}" for i in range(6)}, 0.1)
     assert out[6:] == [(f"q{i}", "t") for i in range(4)]
     for hanger in hangers:
-        assert hanger.returned.wait(5)
+        assert returns_once_released(hanger)
 
 
 @anyio_test

@@ -315,6 +315,58 @@ async def test_collect_mode_failure_events() -> None:
     assert kinds_at(events, "") == [K.STEP_STARTED, K.STEP_FINISHED]
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0], ids=["lean", "wrapped"])
+async def test_a_map_elements_call_step_events_do_not_depend_on_its_path(
+    timeout: float | None,
+) -> None:
+    # A plain async call in a map is driven by the worker itself (no node
+    # wrapper); with a timeout it goes through the wrapped node. Subscribers
+    # see the same step and call events, in the same order, either way.
+    @plait.tool
+    async def check(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    engine = plait.Engine(tools=[check])
+    events: list[plait.Event] = []
+    engine.subscribe(events.append)
+    wf = plait.MapReduce(
+        plait.Var("xs"),
+        plait.Call("check", plait.Var("item.v"), timeout=timeout),
+        on_error="collect",
+        max_concurrency=1,
+    )
+    before = time.monotonic()
+    out = await engine.run(wf, {"xs": [{"v": 1}, {"v": 2}, {}]})
+    assert out[0] == 1
+    assert all(isinstance(f, plait.Failure) for f in out[1:])
+    seen = [
+        (e.kind, e.path, e.step, e.tool, e.attempt, type(e.error).__name__)
+        for e in events
+    ]
+    call_step = ("Call", None, None)
+    assert seen == [
+        (K.STEP_STARTED, "", "MapReduce", None, None, "NoneType"),
+        (K.STEP_STARTED, "map[0]", *call_step, "NoneType"),
+        (K.CALL_STARTED, "map[0]", None, "check", 1, "NoneType"),
+        (K.CALL_FINISHED, "map[0]", None, "check", 1, "NoneType"),
+        (K.STEP_FINISHED, "map[0]", *call_step, "NoneType"),
+        (K.STEP_STARTED, "map[1]", *call_step, "NoneType"),
+        (K.CALL_STARTED, "map[1]", None, "check", 1, "NoneType"),
+        (K.CALL_FAILED, "map[1]", None, "check", 1, "ValueError"),
+        (K.STEP_FAILED, "map[1]", *call_step, "StepFailed"),
+        (K.STEP_STARTED, "map[2]", *call_step, "NoneType"),
+        (K.STEP_FAILED, "map[2]", *call_step, "StepFailed"),
+        (K.STEP_FINISHED, "", "MapReduce", None, None, "NoneType"),
+    ]
+    for e in events:
+        assert e.time >= before
+        if e.kind in (K.STEP_FINISHED, K.STEP_FAILED):
+            assert e.duration is not None
+            assert e.duration >= 0
+
+
 async def test_call_tools_events_use_call_paths() -> None:
     @plait.tool
     async def echo(x: int) -> int:

@@ -258,7 +258,7 @@ def _announce(
     KeyboardInterrupt, say): the slots are not the call's to release yet.
     """
     try:
-        report.note(EventKind.CALL_STARTED, template, loc, number)
+        report.started(template, loc, number)
     except BaseException:
         release()
         raise

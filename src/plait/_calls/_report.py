@@ -40,6 +40,12 @@ class CallReport:
                 kind, fill(template, loc), tool=self.name, attempt=number, **fields
             )
 
+    def started(self, template: str, loc: tuple[int, ...], number: int) -> None:
+        """Report an attempt that took its slots and starts now."""
+        self.bus.emit_new(
+            EventKind.CALL_STARTED, fill(template, loc), None, self.name, number
+        )
+
     def finished(
         self,
         template: str,

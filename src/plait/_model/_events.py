@@ -218,16 +218,39 @@ class EventBus:
         for fn, _ in self.kinds.get(event.kind, ()):
             _deliver(fn, event)
 
-    def emit_new(self, kind: EventKind, path: str, **fields: Any) -> None:
+    # The fields are spelled out, not taken as ``**fields``: these run per
+    # call when someone listens, and a keyword dict built and unpacked twice
+    # costs as much as the delivery.
+    def emit_new(
+        self,
+        kind: EventKind,
+        path: str,
+        step: str | None = None,
+        tool: str | None = None,
+        attempt: int | None = None,
+        duration: float | None = None,
+        error: BaseException | None = None,
+        delay: float | None = None,
+        limit: int | None = None,
+        key: str | None = None,
+    ) -> None:
         """Build and emit an event, only when someone listens to its kind."""
         subscribers = self.kinds.get(kind)
         if subscribers:
-            event = new_event(kind, path, **fields)
+            event = new_event(
+                kind, path, step, tool, attempt, duration, error, delay, limit, key
+            )
             for fn, _ in subscribers:
                 _deliver(fn, event)
 
     def emit_since(
-        self, since: float, kind: EventKind, path: str, **fields: Any
+        self,
+        since: float,
+        kind: EventKind,
+        path: str,
+        tool: str | None = None,
+        attempt: int | None = None,
+        duration: float | None = None,
     ) -> None:
         """Emit to the subscribers of ``kind`` subscribed before ``since``.
 
@@ -238,7 +261,7 @@ class EventBus:
         subscribers = self.kinds.get(kind)
         if not subscribers:
             return
-        event = new_event(kind, path, **fields)
+        event = new_event(kind, path, None, tool, attempt, duration)
         for fn, subscribed in subscribers:
             if subscribed <= since:
                 _deliver(fn, event)

@@ -180,16 +180,21 @@ class Compiler:
     ) -> LeanCall | None:
         """The map step as a :class:`LeanCall` when it is a call that has one.
 
-        Not with step-event subscribers: their hooks wrap the step's node.
+        With step-event subscribers the worker emits the call step's events
+        itself, as :meth:`_with_events` does around the step's node.
         """
         call = step.map
-        if self._step_events or not isinstance(call, Call):
+        if not isinstance(call, Call):
             return None
         lean = self._pipeline(call, template).lean
         if lean is None:
             return None
         return LeanCall(
-            lean.fn, lean.steps, self._arguments(call, template, env), template
+            lean.fn,
+            lean.steps,
+            self._arguments(call, template, env),
+            template,
+            self._step_events,
         )
 
     # -- Sequential ----------------------------------------------------------

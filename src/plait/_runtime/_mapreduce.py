@@ -50,6 +50,9 @@ CHECKPOINT_EVERY = 64
 _CHECKPOINT_MASK = CHECKPOINT_EVERY - 1
 
 _perf = time.perf_counter
+_STEP_STARTED = EventKind.STEP_STARTED
+_STEP_FINISHED = EventKind.STEP_FINISHED
+_STEP_FAILED = EventKind.STEP_FAILED
 
 
 class _Nothing:
@@ -87,6 +90,9 @@ class LeanCall(NamedTuple):
     steps: Steps
     arguments: Evaluate
     template: str
+    # Someone listens to step events: the worker emits the element's Call
+    # step events itself, as the compiled node's wrapper would.
+    step_events: bool = False
 
 
 class _MapRun:
@@ -247,9 +253,11 @@ class _MapRun:
         with lease_slots(self.spec.engine_limiter) as lease:
             spec, scope, loc, results = self.spec, self.scope, self.loc, self.results
             item, map_node, lean = spec.item, spec.map_node, spec.lean
+            watched = False
             if lean is not None:
-                fn, steps, arguments, template = lean
+                fn, steps, arguments, template, watched = lean
                 enter, done = steps.enter, steps.done
+                emit = spec.events.emit_new
                 run_id = spec.run_id
                 set_current, reset_current = CURRENT.set, CURRENT.reset
                 own_scope = scope.copy()
@@ -286,6 +294,10 @@ class _MapRun:
                         # The lean call's own attempt, driven here (see Steps):
                         # one coroutine frame fewer between task and tool. Its
                         # arguments are read at once: the scope can be reused.
+                        if watched:
+                            path = fill(template, here)
+                            emit(_STEP_STARTED, path, step="Call")
+                            step_started = _perf()
                         own_scope[item] = element
                         try:
                             args, kwargs = arguments(own_scope)
@@ -305,7 +317,22 @@ class _MapRun:
                             reset_current(current)
                             release()
                         done(started, template, here)
+                        if watched:
+                            emit(
+                                _STEP_FINISHED,
+                                path,
+                                step="Call",
+                                duration=_perf() - step_started,
+                            )
                 except Exception as error:
+                    if watched:
+                        emit(
+                            _STEP_FAILED,
+                            path,
+                            step="Call",
+                            error=error,
+                            duration=_perf() - step_started,
+                        )
                     # A journal's refusal ends the run, in collect mode too.
                     if not spec.collect or isinstance(error, JournalError):
                         raise

@@ -400,6 +400,45 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     assert reg.in_use("k") == 0
 
 
+async def test_the_engines_queued_acquire_waits_in_order_and_leaks_nothing() -> None:
+    # The engine's own wait for a slot, after a failed try_acquire: no
+    # checkpoint when a slot is free, first come first served when not, and
+    # a waiter cancelled in the queue leaves it holding nothing.
+    limiter = plait.Limiter(1)
+    ran: list[str] = []
+
+    async def sibling() -> None:
+        ran.append("sibling")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sibling)
+        await limiter._acquire_queued()
+        assert ran == [], "a free slot is taken without yielding"
+    assert limiter.borrowed_tokens == 1
+    order: list[str] = []
+
+    async def waiter(tag: str, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            await limiter._acquire_queued()
+            order.append(tag)
+            limiter.release()
+
+    doomed = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "a")
+        await wait_until(lambda: limiter.waiting == 1)
+        tg.start_soon(waiter, "b", doomed)
+        await wait_until(lambda: limiter.waiting == 2)
+        tg.start_soon(waiter, "c")
+        await wait_until(lambda: limiter.waiting == 3)
+        doomed.cancel()
+        await wait_until(lambda: limiter.waiting == 2)
+        limiter.release()
+    assert order == ["a", "c"]
+    assert limiter.borrowed_tokens == 0
+    assert limiter.waiting == 0
+
+
 async def test_cancelled_waiter_in_the_middle_of_the_queue() -> None:
     reg = plait.LimiterRegistry()
     reg.set_limit("k", 1)

@@ -129,7 +129,9 @@ class Admission:
         limiters = self.limiters
         if len(limiters) == 1:
             # One frame fewer for each waiter a task group cancels.
-            await limiters[0].acquire()
+            lim = limiters[0]
+            if not lim.try_acquire():
+                await lim._acquire_queued()
         else:
             await _take_slots(limiters)
         return self._release
@@ -188,7 +190,9 @@ class _Leased(Admission):
             drop_idle_lease()
             await _take_slots(self.limiters)
             return self._release
-        await self.engine.acquire()
+        engine = self.engine
+        if not engine.try_acquire():
+            await engine._acquire_queued()
         lease.held = lease.busy = True
         return lease.give_back
 
@@ -294,7 +298,7 @@ async def _take_slots(limiters: tuple[Limiter, ...]) -> None:
     try:
         for lim in limiters:
             if not lim.try_acquire():
-                await lim.acquire()
+                await lim._acquire_queued()
             held += 1
     except BaseException:
         for lim in limiters[:held]:

@@ -330,6 +330,24 @@ class Limiter:
                 return True
         return False
 
+    async def _acquire_queued(self) -> None:
+        """Take a slot, queueing for one; no checkpoint when one is free.
+
+        For the engine's own calls, which have just failed
+        :meth:`try_acquire`: the wait is then the checkpoint, and checking
+        for a cancellation first would cost as much as the queueing. Tasks
+        that loop acquiring and releasing want :meth:`acquire`, which
+        yields even when a slot is free.
+        """
+        waiter = self._take_or_queue(_ANONYMOUS)
+        if waiter is None:
+            return
+        try:
+            await waiter
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
     def acquire_blocking(self) -> None:
         """Block this (plain or worker) thread until a slot is taken.
 

@@ -859,3 +859,73 @@ async def test_collected_over_and_reduce_failures_are_step_failed_events() -> No
     assert result.output == 4
     assert [f.path for f in result.failures] == ["reduce", "over"]
     assert failed == [("reduce", KeyError), ("over", RuntimeError)]
+
+
+# -- a Sequential of plain calls as the map step -------------------------------
+
+
+async def test_a_sequential_map_step_binds_per_element_and_keeps_outer_names() -> None:
+    # The second step's name shadows an outer variable that the first step
+    # reads: every element's first step must see the outer value, not the
+    # previous element's bind.
+    seen: list[tuple[str, Any]] = []
+
+    @plait.tool
+    async def note(tag: str, value: Any) -> Any:
+        seen.append((tag, value))
+        await anyio.lowlevel.checkpoint()
+        return value
+
+    @plait.tool
+    async def add(a: int, b: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return a + b
+
+    step = MapReduce(
+        Var("xs"),
+        Sequential(
+            Call("note", "outer", Var("base"), name="first"),
+            Call("add", Var("item"), 100, name="base"),
+            Call("add", Var("base"), Var("first")),
+        ),
+        max_concurrency=2,
+    )
+    engine = plait.Engine(tools=[note, add])
+    assert await engine.run(step, {"xs": [1, 2, 3, 4], "base": 7}) == [
+        108,
+        109,
+        110,
+        111,
+    ]
+    assert seen == [("outer", 7)] * 4
+
+
+async def test_a_sequential_map_steps_failures_name_the_failing_call() -> None:
+    @plait.tool
+    async def half(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"odd {x}")
+        return x // 2
+
+    @plait.tool
+    async def double(x: int) -> int:
+        return x * 2
+
+    step = MapReduce(
+        Var("xs"),
+        Sequential(
+            Call("double", Var("item.v"), name="twice"),
+            Call("half", Var("item.w")),
+        ),
+        on_error="collect",
+    )
+    engine = plait.Engine(tools=[half, double])
+    result = await engine.execute(
+        step, {"xs": [{"v": 1, "w": 4}, {"v": 2, "w": 3}, {"w": 2}]}
+    )
+    assert result.output[0] == 2
+    assert [f.path for f in result.failures] == ["map[1].steps[1]", "map[2].steps[0]"]
+    assert isinstance(result.failures[0].error, ValueError)
+    assert result.stats.tools["double"].calls == 2
+    assert result.stats.tools["half"].calls == 2
+    assert result.stats.tools["half"].failures == 1

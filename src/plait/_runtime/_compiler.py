@@ -177,38 +177,46 @@ class Compiler:
 
     def _lean_map(
         self, step: MapReduce, template: str, env: frozenset[str]
-    ) -> LeanCall | None:
-        """The map step as a :class:`LeanCall` when it is a call that has one.
+    ) -> tuple[LeanCall, ...] | None:
+        """The map step as :class:`LeanCall` s, when it is made of lean calls.
 
-        With step-event subscribers the worker emits the call step's events
-        itself, as :meth:`_with_events` does around the step's node.
+        A call with a lean pipeline is one; a ``Sequential`` of such calls
+        (with no timeout of its own) is a chain of them, each binding its
+        name, unless someone listens to step events. With step-event
+        subscribers the worker emits a single call's step events itself, as
+        :meth:`_with_events` does around the step's node.
         """
-        call = step.map
-        if not isinstance(call, Call):
+        body = step.map
+        parts: list[tuple[Step, str, frozenset[str], str | None]]
+        if isinstance(body, Call):
+            parts = [(body, template, env, None)]
+        elif (
+            isinstance(body, Sequential)
+            and body.timeout is None
+            and not self._step_events
+        ):
+            parts = list(_sequence_parts(body, template, env))
+        else:
             return None
-        lean = self._pipeline(call, template).lean
-        if lean is None:
-            return None
-        return LeanCall(
-            lean.fn,
-            lean.steps,
-            self._arguments(call, template, env),
-            template,
-            self._step_events,
-        )
+        chain = []
+        for call, at, seen, bind in parts:
+            if not isinstance(call, Call):
+                return None
+            lean = self._pipeline(call, at).lean
+            if lean is None:
+                return None
+            arguments = self._arguments(call, at, seen)
+            chain.append(
+                LeanCall(lean.fn, lean.steps, arguments, at, bind, self._step_events)
+            )
+        return tuple(chain)
 
     # -- Sequential ----------------------------------------------------------
     def _sequential(self, step: Sequential, template: str, env: frozenset[str]) -> Node:
-        pairs: list[tuple[Node, str | None]] = []
-        for i, s in enumerate(step.steps):
-            pairs.append(
-                (self.compile(s, index(child(template, "steps"), i), env), s.name)
-            )
-            if s.name is not None:
-                env = env | {s.name}
-        # No step sees the last step's name, and binding it would write into
-        # the enclosing scope, which is not copied when nothing else binds.
-        pairs[-1] = (pairs[-1][0], None)
+        pairs = [
+            (self.compile(s, at, seen), bind)
+            for s, at, seen, bind in _sequence_parts(step, template, env)
+        ]
         binds = any(b is not None for _, b in pairs)
 
         async def sequential(scope: Scope, loc: tuple[int, ...]) -> Any:
@@ -338,6 +346,26 @@ class Compiler:
             return await runner(spec, scope, loc, source, start)
 
         return map_reduce
+
+
+def _sequence_parts(
+    step: Sequential, template: str, env: frozenset[str]
+) -> list[tuple[Step, str, frozenset[str], str | None]]:
+    """Each step of ``step``: its path template, the names it sees, its bind.
+
+    A step sees the names of the steps before it. No step sees the last
+    step's name, so it binds none: binding it would write into the enclosing
+    scope, which is not copied when nothing else binds.
+    """
+    parts: list[tuple[Step, str, frozenset[str], str | None]] = []
+    steps_at = child(template, "steps")
+    for i, s in enumerate(step.steps):
+        parts.append((s, index(steps_at, i), env, s.name))
+        if s.name is not None:
+            env = env | {s.name}
+    last, at, seen, _ = parts[-1]
+    parts[-1] = (last, at, seen, None)
+    return parts
 
 
 def _plain(template: str) -> str:

@@ -79,19 +79,25 @@ class MapSpec:
     failures: list[Failure]
     events: EventBus
     engine_limiter: Limiter
-    lean: LeanCall | None
+    lean: tuple[LeanCall, ...] | None
     run_id: str = ""
 
 
 class LeanCall(NamedTuple):
-    """A map step that is one lean call: the worker awaits the tool itself."""
+    """One lean call of a map step: the worker awaits the tool itself.
+
+    A map step is a chain of them: one call, or a ``Sequential`` of calls
+    whose values are bound to their ``bind`` names for the next ones.
+    """
 
     fn: Callable[..., Awaitable[Any]]
     steps: Steps
     arguments: Evaluate
     template: str
-    # Someone listens to step events: the worker emits the element's Call
-    # step events itself, as the compiled node's wrapper would.
+    bind: str | None = None
+    # Someone listens to step events (a chain of one call only): the worker
+    # emits the element's Call step events itself, as the compiled node's
+    # wrapper would.
     step_events: bool = False
 
 
@@ -253,10 +259,10 @@ class _MapRun:
         with lease_slots(self.spec.engine_limiter) as lease:
             spec, scope, loc, results = self.spec, self.scope, self.loc, self.results
             item, map_node, lean = spec.item, spec.map_node, spec.lean
-            watched = False
+            watched = binds = False
             if lean is not None:
-                fn, steps, arguments, template, watched = lean
-                enter, done = steps.enter, steps.done
+                watched = lean[0].step_events
+                binds = any(call.bind is not None for call in lean)
                 emit = spec.events.emit_new
                 run_id = spec.run_id
                 set_current, reset_current = CURRENT.set, CURRENT.reset
@@ -291,32 +297,40 @@ class _MapRun:
                         item_scope[item] = element
                         value = await map_node(item_scope, here)
                     else:
-                        # The lean call's own attempt, driven here (see Steps):
-                        # one coroutine frame fewer between task and tool. Its
-                        # arguments are read at once: the scope can be reused.
+                        # The lean calls' own attempts, driven here (see
+                        # Steps): no coroutine frame between task and tool.
+                        # Arguments are read at once: without binds the
+                        # scope can be reused; with them each element needs
+                        # its own (a bind may shadow an outer name).
                         if watched:
-                            path = fill(template, here)
+                            path = fill(lean[0].template, here)
                             emit(_STEP_STARTED, path, step="Call")
                             step_started = _perf()
+                        if binds:
+                            own_scope = scope.copy()
                         own_scope[item] = element
-                        try:
-                            args, kwargs = arguments(own_scope)
-                        except Exception as error:
-                            raise StepFailed(fill(template, here), error) from error
-                        release = enter(template, here, 1, lease)
-                        if release is None:
-                            release = await steps.wait(template, here)
-                        started = _perf()
-                        current = set_current((run_id, template, here, 1))
-                        try:
-                            value = await fn(*args, **kwargs)
-                        except Exception as error:
-                            steps.fail(error, template, here)
-                            raise
-                        finally:
-                            reset_current(current)
-                            release()
-                        done(started, template, here)
+                        for fn, steps, arguments, template, bind, _ in lean:
+                            try:
+                                args, kwargs = arguments(own_scope)
+                            except Exception as error:
+                                at = fill(template, here)
+                                raise StepFailed(at, error) from error
+                            release = steps.enter(template, here, 1, lease)
+                            if release is None:
+                                release = await steps.wait(template, here)
+                            started = _perf()
+                            current = set_current((run_id, template, here, 1))
+                            try:
+                                value = await fn(*args, **kwargs)
+                            except Exception as error:
+                                steps.fail(error, template, here)
+                                raise
+                            finally:
+                                reset_current(current)
+                                release()
+                            steps.done(started, template, here)
+                            if bind is not None:
+                                own_scope[bind] = value
                         if watched:
                             emit(
                                 _STEP_FINISHED,

@@ -178,6 +178,9 @@ class SqliteJournal:
         return read_runs(self._connect(), _RUNS)
 
 
+_make = tuple.__new__
+
+
 def _rebuild(path: str, durability: Durability, codec: Codec) -> SqliteJournal:
     return SqliteJournal(path, durability=durability, codec=codec)
 
@@ -258,9 +261,13 @@ class _SqliteRun:
             (rows,) = self._reader.execute(
                 _FETCH, (self._run_id, site, first, last)
             ).fetchone()
+        # tuple.__new__ makes the same named tuple without the Python-level
+        # __new__ of its class: a resume reads a record per finished call.
+        fromhex = bytes.fromhex
         return [
-            JournalRecord(
-                site, element, attempt, True, tool, bytes.fromhex(digest), output
+            _make(
+                JournalRecord,
+                (site, element, attempt, True, tool, fromhex(digest), output),
             )
             for element, attempt, tool, digest, output in json.loads(rows)
         ]

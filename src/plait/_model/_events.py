@@ -18,7 +18,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Event", "EventBus", "EventKind", "Subscription", "new_event"]
+__all__ = [
+    "Event",
+    "EventBus",
+    "EventKind",
+    "Subscription",
+    "emit_step_end",
+    "new_event",
+]
 
 logger = logging.getLogger("plait")
 
@@ -268,6 +275,27 @@ class EventBus:
 
 
 _Entry = tuple[Subscriber, frozenset[EventKind], float]
+
+
+def emit_step_end(
+    bus: EventBus,
+    path: str,
+    step: str,
+    started: float,
+    error: BaseException | None = None,
+) -> None:
+    """Emit the end of the step at ``path`` that started at ``started``.
+
+    ``step.finished``, or ``step.failed`` with ``error``; the duration is
+    from ``started`` (``time.perf_counter()``) to now.
+    """
+    duration = time.perf_counter() - started
+    if error is None:
+        bus.emit_new(EventKind.STEP_FINISHED, path, step=step, duration=duration)
+    else:
+        bus.emit_new(
+            EventKind.STEP_FAILED, path, step=step, error=error, duration=duration
+        )
 
 
 def _deliver(fn: Subscriber, event: Event) -> None:

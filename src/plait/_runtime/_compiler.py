@@ -26,7 +26,7 @@ from .._calls._compose import Pipeline, compose_pipeline
 from .._calls._context import RunContext, ToolRuntime
 from .._concurrency._groups import raise_collapsed
 from .._model._errors import JournalError, StepFailed, StepTimeout, WorkflowError
-from .._model._events import EventKind
+from .._model._events import EventKind, emit_step_end
 from .._model._expr import Evaluator, compile_expr, did_you_mean
 from .._model._paths import child, fill, index, key
 from .._model._steps import Call, MapReduce, Parallel, Sequential, Step
@@ -97,20 +97,9 @@ class Compiler:
             try:
                 value = await node(scope, loc)
             except Exception as error:
-                bus.emit_new(
-                    EventKind.STEP_FAILED,
-                    path,
-                    step=kind,
-                    error=error,
-                    duration=_perf() - started,
-                )
+                emit_step_end(bus, path, kind, started, error)
                 raise
-            bus.emit_new(
-                EventKind.STEP_FINISHED,
-                path,
-                step=kind,
-                duration=_perf() - started,
-            )
+            emit_step_end(bus, path, kind, started)
             return value
 
         return watched
@@ -184,7 +173,8 @@ class Compiler:
         (with no timeout of its own) is a chain of them, each binding its
         name, unless someone listens to step events. With step-event
         subscribers the worker emits a single call's step events itself, as
-        :meth:`_with_events` does around the step's node.
+        :meth:`_with_events` does around the step's node (see
+        ``MapSpec.step_events``).
         """
         body = step.map
         parts: list[tuple[Step, str, frozenset[str], str | None]]
@@ -206,9 +196,7 @@ class Compiler:
             if lean is None:
                 return None
             arguments = self._arguments(call, at, seen)
-            chain.append(
-                LeanCall(lean.fn, lean.steps, arguments, at, bind, self._step_events)
-            )
+            chain.append(LeanCall(lean.fn, lean.steps, arguments, at, bind))
         return tuple(chain)
 
     # -- Sequential ----------------------------------------------------------
@@ -318,6 +306,7 @@ class Compiler:
             lean=self._lean_map(
                 step, child(template, "map") + "[{}]", env | {step.item}
             ),
+            step_events=self._step_events,
             run_id=self.run.run_id,
         )
 

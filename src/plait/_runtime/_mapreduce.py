@@ -30,7 +30,7 @@ from .._calls._current import CURRENT
 from .._concurrency._groups import raise_collapsed
 from .._concurrency._limits import Limiter
 from .._model._errors import JournalError, StepFailed
-from .._model._events import EventBus, EventKind
+from .._model._events import EventBus, EventKind, emit_step_end
 from .._model._paths import fill
 from .._model._results import Failure
 from ._arguments import Evaluate
@@ -51,8 +51,6 @@ _CHECKPOINT_MASK = CHECKPOINT_EVERY - 1
 
 _perf = time.perf_counter
 _STEP_STARTED = EventKind.STEP_STARTED
-_STEP_FINISHED = EventKind.STEP_FINISHED
-_STEP_FAILED = EventKind.STEP_FAILED
 
 
 class _Nothing:
@@ -81,6 +79,10 @@ class MapSpec:
     engine_limiter: Limiter
     lean: tuple[LeanCall, ...] | None
     run_id: str = ""
+    # Someone listens to step events. The compiler then makes a lean chain
+    # of one call only, whose Call step events the worker emits itself, as
+    # the compiled node's wrapper would.
+    step_events: bool = False
 
 
 class LeanCall(NamedTuple):
@@ -95,10 +97,6 @@ class LeanCall(NamedTuple):
     arguments: Evaluate
     template: str
     bind: str | None = None
-    # Someone listens to step events (a chain of one call only): the worker
-    # emits the element's Call step events itself, as the compiled node's
-    # wrapper would.
-    step_events: bool = False
 
 
 class _MapRun:
@@ -261,9 +259,9 @@ class _MapRun:
             item, map_node, lean = spec.item, spec.map_node, spec.lean
             watched = binds = False
             if lean is not None:
-                watched = lean[0].step_events
+                watched = spec.step_events
                 binds = any(call.bind is not None for call in lean)
-                emit = spec.events.emit_new
+                bus = spec.events
                 run_id = spec.run_id
                 set_current, reset_current = CURRENT.set, CURRENT.reset
                 own_scope = scope.copy()
@@ -304,12 +302,12 @@ class _MapRun:
                         # its own (a bind may shadow an outer name).
                         if watched:
                             path = fill(lean[0].template, here)
-                            emit(_STEP_STARTED, path, step="Call")
+                            bus.emit_new(_STEP_STARTED, path, step="Call")
                             step_started = _perf()
                         if binds:
                             own_scope = scope.copy()
                         own_scope[item] = element
-                        for fn, steps, arguments, template, bind, _ in lean:
+                        for fn, steps, arguments, template, bind in lean:
                             try:
                                 args, kwargs = arguments(own_scope)
                             except Exception as error:
@@ -332,21 +330,10 @@ class _MapRun:
                             if bind is not None:
                                 own_scope[bind] = value
                         if watched:
-                            emit(
-                                _STEP_FINISHED,
-                                path,
-                                step="Call",
-                                duration=_perf() - step_started,
-                            )
+                            emit_step_end(bus, path, "Call", step_started)
                 except Exception as error:
                     if watched:
-                        emit(
-                            _STEP_FAILED,
-                            path,
-                            step="Call",
-                            error=error,
-                            duration=_perf() - step_started,
-                        )
+                        emit_step_end(bus, path, "Call", step_started, error)
                     # A journal's refusal ends the run, in collect mode too.
                     if not spec.collect or isinstance(error, JournalError):
                         raise

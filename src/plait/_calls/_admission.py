@@ -129,9 +129,7 @@ class Admission:
         limiters = self.limiters
         if len(limiters) == 1:
             # One frame fewer for each waiter a task group cancels.
-            lim = limiters[0]
-            if not lim.try_acquire():
-                await lim._acquire_queued()
+            await limiters[0]._acquire_queued()
         else:
             await _take_slots(limiters)
         return self._release
@@ -190,9 +188,7 @@ class _Leased(Admission):
             drop_idle_lease()
             await _take_slots(self.limiters)
             return self._release
-        engine = self.engine
-        if not engine.try_acquire():
-            await engine._acquire_queued()
+        await self.engine._acquire_queued()
         lease.held = lease.busy = True
         return lease.give_back
 

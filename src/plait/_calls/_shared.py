@@ -155,8 +155,7 @@ class SharedAdmission(Admission):
 
     async def enter(self, on_wait: OnWait) -> Release:
         gate = self.door.gate
-        if not gate.try_acquire():
-            await gate._acquire_queued()
+        await gate._acquire_queued()
         try:
             return await self._admit(on_wait)
         finally:

@@ -333,11 +333,13 @@ class Limiter:
     async def _acquire_queued(self) -> None:
         """Take a slot, queueing for one; no checkpoint when one is free.
 
-        For the engine's own calls, which have just failed
-        :meth:`try_acquire`: the wait is then the checkpoint, and checking
-        for a cancellation first would cost as much as the queueing. Tasks
+        For the engine's own calls, which usually found the limiter full a
+        moment ago: the wait is then the checkpoint, and checking for a
+        cancellation first would cost as much as the queueing. A slot freed
+        meanwhile is taken at once, so callers need not try first. Tasks
         that loop acquiring and releasing want :meth:`acquire`, which
-        yields even when a slot is free.
+        yields even when a slot is free. (The waiting lines are repeated in
+        :meth:`acquire`, not shared: a frame less to unwind per waiter.)
         """
         waiter = self._take_or_queue(_ANONYMOUS)
         if waiter is None:
